@@ -1,0 +1,1 @@
+"""The shared engine: batches, log-probs, models, checkpoints, the training loop."""
