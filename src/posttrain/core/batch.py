@@ -1,0 +1,79 @@
+"""Typed batches. Shapes: B sequences, T tokens. `mask` is 1 where the token counts.
+
+Token-aligned convention everywhere: position t of `*_logps` is log p(input_ids[:, t] | input_ids[:, :t]),
+so `mask[:, t] = 1` means "the token at t is trained/scored"; position 0 is never trained.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+
+class _Movable:
+    def to(self, device):
+        """Same batch with every tensor moved to `device`."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if isinstance(getattr(self, f.name), Tensor)})
+
+
+@dataclass
+class SFTBatch(_Movable):
+    input_ids: Tensor                 # [B, T] long
+    position_ids: Tensor              # [B, T] long; restarts at 0 for each packed row
+    mask: Tensor                      # [B, T] float; 1 = positive trained token
+    neg_mask: Tensor                  # [B, T] float; 1 = token of a negative (unlikelihood) completion
+    attention_mask: Tensor | None = None  # [B, T]; None when packed (rows are told apart by position_ids)
+    num_rows: int = 0                 # source rows in this batch
+
+    @property
+    def num_items(self) -> float:
+        """Tokens that carry loss (positive + negative): the normaliser summed over an accumulated step."""
+        return float(self.mask.sum() + self.neg_mask.sum())
+
+
+@dataclass
+class PreferenceBatch(_Movable):
+    """Chosen rows then rejected rows stacked on one batch axis: rows [0, P) chosen, [P, 2P) rejected."""
+    input_ids: Tensor                 # [2P, T] long, right-padded
+    attention_mask: Tensor            # [2P, T]
+    mask: Tensor                      # [2P, T] float; 1 = response token (scored)
+    margin: Tensor                    # [P] float; rater margin (0 when absent)
+    weight: Tensor                    # [P] float; per-pair weight (rankings: 1 / number of pairs of the prompt)
+    ref_chosen_logps: Tensor | None = None    # [P] cached reference log-probs (precompute_ref)
+    ref_rejected_logps: Tensor | None = None  # [P]
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.margin.shape[0])
+
+    @property
+    def num_items(self) -> float:
+        return float(self.weight.sum())
+
+
+@dataclass
+class RolloutBatch(_Movable):
+    """Prompt + completion per row, right-padded. Completion tokens are the ones `mask` marks."""
+    input_ids: Tensor                 # [B, T] long
+    attention_mask: Tensor            # [B, T]
+    mask: Tensor                      # [B, T] float; 1 = completion token
+    old_logps: Tensor                 # [B, T] log-probs of the policy that sampled (0 outside mask)
+    advantages: Tensor                # [B, T] (sequence advantages broadcast over tokens for GRPO)
+    ref_logps: Tensor | None = None   # [B, T] reference log-probs when a KL term is used
+    returns: Tensor | None = None     # [B, T] PPO value targets
+    old_values: Tensor | None = None  # [B, T] PPO values at collection time
+
+    @property
+    def num_items(self) -> float:
+        return float(self.mask.sum())
+
+
+def pad_right(seqs: list[list[int]], pad: int, width: int | None = None) -> Tensor:
+    """[len(seqs), width] long tensor, each sequence followed by `pad`."""
+    width = width or max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), pad, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
