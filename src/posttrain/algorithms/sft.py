@@ -1,0 +1,101 @@
+"""Supervised fine-tuning and its token-weighted variants (DFT, unlikelihood).
+
+`loss` picks one function of `posttrain.losses.sft.SFT_LOSSES` once, at build time:
+  nll           next-token cross-entropy on trained tokens, one mean over the whole accumulated batch
+  dft           each token's loss scaled by its own detached probability (arXiv 2508.05629)
+  unlikelihood  nll on positives plus alpha * -log(1 - p) on negative completions (Welleck et al. 2019)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from posttrain.config import TrainConfig, opt
+from posttrain.core.algorithm import Algorithm, StepSampler
+from posttrain.core.logprobs import token_logps
+from posttrain.losses.sft import SFT_LOSSES
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    loss: str = opt("nll", "token loss: nll, dft or unlikelihood")
+    unlikelihood_alpha: float = opt(1.0, "weight of the unlikelihood term on negative completions")
+    logits_chunk: int = opt(1024, "positions per chunk of the output head (memory vs speed)")
+
+
+class SFT(Algorithm):
+    name = "sft"
+    plot_keys = ("loss", "eval/loss", "nll", "grad_norm", "lr", "tokens_per_s")
+
+    def __init__(self, cfg: SFTConfig):
+        if cfg.loss not in SFT_LOSSES:
+            raise ValueError(f"loss: expected one of {sorted(SFT_LOSSES)}, found '{cfg.loss}'")
+        self.cfg = cfg
+        self.loss_fn = SFT_LOSSES[cfg.loss]
+        self.eval_examples = []
+
+    def setup(self, engine) -> None:
+        from posttrain.data.collators import pack_collate, pad_collate
+
+        self.engine = engine
+        self.pad_id = engine.tokenizer.pad_token_id
+        self.collate = pack_collate if self.cfg.data.packing else pad_collate
+        self.examples, stats = self._build(self.cfg.data.train, "train")
+        if self.cfg.loss == "unlikelihood" and not any(e.negative for e in self.examples):
+            raise ValueError("loss=unlikelihood needs negative completions: rows with a `rejected` column or "
+                             "`label: false`; the training data has none")
+        engine.say(f"train rows: kept {stats.kept}, truncated {stats.truncated}, "
+                   f"dropped {sum(stats.dropped.values())} {dict(stats.dropped) or ''}".rstrip())
+        if self.cfg.data.eval:
+            self.eval_examples, _ = self._build(self.cfg.data.eval, "eval")
+            self.eval_examples = self.eval_examples[: self.cfg.data.max_eval_rows]
+        self.sampler = StepSampler(len(self.examples), self.cfg.batch_size, self.cfg.grad_accum, self.cfg.seed,
+                                   engine.rank, engine.world)
+
+    def _build(self, spec, split):
+        from posttrain.builtin import resolve_data
+        from posttrain.data.dataset import build_sft_examples
+        from posttrain.data.formats import load_rows
+
+        rows = load_rows(resolve_data(spec), split="train", kind="sft")
+        return build_sft_examples(rows, self.engine.tokenizer, max_length=self.cfg.max_length,
+                                  completion_only_loss=self.cfg.data.completion_only_loss)
+
+    def micro_batches(self, step: int):
+        return [self.collate([self.examples[i] for i in idx], self.pad_id).to(self.engine.device)
+                for idx in self.sampler.micro_indices(step)]
+
+    def tokens(self, batch) -> int:
+        return int(batch.attention_mask.sum()) if batch.attention_mask is not None else int(batch.input_ids.numel())
+
+    def loss(self, model, batch, num_items: float):
+        logps = token_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids,
+                            chunk_size=self.cfg.logits_chunk)
+        return self.loss_fn(logps, batch.mask, batch.neg_mask, num_items,
+                            unlikelihood_alpha=self.cfg.unlikelihood_alpha)
+
+    def has_eval(self) -> bool:
+        return bool(self.eval_examples)
+
+    def evaluate(self, model) -> dict[str, float]:
+        """Mean nll per trained token (and perplexity) on the held-out rows."""
+        total, count = 0.0, 0.0
+        bs = self.cfg.batch_size
+        for s in range(0, len(self.eval_examples), bs):
+            b = self.collate(self.eval_examples[s:s + bs], self.pad_id).to(self.engine.device)
+            lp = token_logps(model, b.input_ids, b.attention_mask, b.position_ids, chunk_size=self.cfg.logits_chunk)
+            total += float(-(lp * b.mask).sum())
+            count += float(b.mask.sum())
+        from posttrain.core.engine import _all_reduce
+
+        total, count = _all_reduce([total, count])
+        nll = total / max(count, 1.0)
+        return {"loss": nll, "ppl": float(torch.exp(torch.tensor(min(nll, 50.0))))}
+
+
+def run(cfg: SFTConfig) -> dict:
+    """Train SFT with `cfg`; returns the last step's metrics. Output in `cfg.output_dir`."""
+    from posttrain.core.engine import Engine
+
+    return Engine(cfg, SFT(cfg)).train()

@@ -1,0 +1,84 @@
+"""Built-in models and data: `builtin:NAME` in `model` or `data.*`, built locally and cached.
+
+Data `builtin:NAME` is the lab world's export `NAME.jsonl` (e.g. builtin:sft, builtin:pref,
+builtin:arith_train); models are `builtin:tiny` (the lab's pretrained base model) and
+`builtin:tiny-random` (same architecture and tokenizer, random weights). The cache is
+`$POSTTRAIN_CACHE` or `~/.cache/posttrain`, keyed by the world's version, so a changed world
+never reuses stale files.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from posttrain.lab.world import WORLD_VERSION
+
+DATA_SEED = 0
+
+
+def cache_dir(*parts: str) -> str:
+    root = os.environ.get("POSTTRAIN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "posttrain")
+    return os.path.join(root, *parts)
+
+
+def data_dir() -> str:
+    """The lab world's exported JSONL files, written once per world version."""
+    from posttrain.lab.export import export
+
+    out = cache_dir("data", f"world-{WORLD_VERSION}-seed{DATA_SEED}")
+    marker = os.path.join(out, ".complete")
+    if not os.path.exists(marker):
+        tmp = out + f".tmp{os.getpid()}"
+        export(tmp, seed=DATA_SEED)
+        with open(os.path.join(tmp, ".complete"), "w") as f:
+            f.write(WORLD_VERSION)
+        if os.path.exists(marker):  # another process finished first
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            if os.path.isdir(out):
+                import shutil
+
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+    return out
+
+
+def resolve_data(spec):
+    """Replace every `builtin:NAME` in a data spec (a string or a list) by its cached JSONL path."""
+    if spec is None:
+        return None
+    if isinstance(spec, (list, tuple)) or type(spec).__name__ == "ListConfig":
+        return [resolve_data(s) for s in spec]
+    if isinstance(spec, str) and spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        path = os.path.join(data_dir(), f"{name}.jsonl")
+        if not os.path.exists(path):
+            names = sorted(f[:-6] for f in os.listdir(data_dir()) if f.endswith(".jsonl"))
+            raise FileNotFoundError(f"no built-in data set '{spec}'; available: "
+                                    + ", ".join(f"builtin:{n}" for n in names))
+        return path
+    return spec
+
+
+def web_corpus() -> list[str]:
+    """The lab world's 'web' text, used to train the built-in tokenizer."""
+    with open(os.path.join(data_dir(), "web.jsonl")) as f:
+        return [json.loads(line)["text"] for line in f if line.strip()]
+
+
+def resolve_model(name: str) -> str:
+    """Folder of built-in model `name`, building it on first use."""
+    from posttrain.core.tiny import build_tiny
+
+    if name == "tiny-random":
+        out = cache_dir("models", f"tiny-random-{WORLD_VERSION}")
+        if not os.path.isdir(out):
+            build_tiny(out, web_corpus(), size="tiny", vocab_size=1024)
+        return out
+    if name == "tiny":
+        from posttrain.lab.pretrain import ensure_base
+
+        return ensure_base()
+    raise FileNotFoundError(f"no built-in model 'builtin:{name}'; available: builtin:tiny, builtin:tiny-random")

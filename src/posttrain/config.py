@@ -1,0 +1,164 @@
+"""Typed configuration: one dataclass per algorithm beside the shared `TrainConfig`.
+
+Recipes are YAML, loaded strictly with OmegaConf structured configs: an unknown key is an error that
+names the key and the nearest valid one; `key=value` overrides follow the file; the resolved config is
+saved beside the checkpoints. Every field carries its meaning in `metadata["help"]`, which `--help` prints.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key."""
+
+
+def opt(default, help: str):  # noqa: A002 - `help` reads best in field declarations
+    """A config field with its documentation."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    train: Any = opt("builtin:sft", "training data: a JSONL/JSON/Parquet path, a folder, a list of paths, a hub "
+                                    "name, or builtin:NAME (the lab world's exports)")
+    eval: Any = opt(None, "held-out data, same forms as data.train; null = no evaluation")
+    completion_only_loss: bool = opt(True, "train only on assistant/completion tokens; false = whole sequence")
+    packing: bool = opt(False, "padding-free packing of rows into one sequence (position ids restart per row)")
+    max_eval_rows: int = opt(256, "evaluate on at most this many held-out rows")
+
+
+@dataclass
+class LoraConfig:
+    r: int = opt(0, "LoRA rank; 0 = full fine-tuning")
+    alpha: int = opt(16, "LoRA alpha (scaling = alpha / r)")
+    dropout: float = opt(0.0, "dropout on the LoRA path")
+    target_modules: Any = opt("all-linear", "module names to adapt, or 'all-linear'")
+    merge_on_save: bool = opt(False, "merge the adapter into the base weights in output_dir/final")
+
+
+@dataclass
+class ModelArgs:
+    model: str = opt("builtin:tiny", "a hub name, a local folder, or builtin:tiny (the lab's base model)")
+    tokenizer: Any = opt(None, "tokenizer name or folder; null = same as model")
+    gguf_file: Any = opt(None, "a GGUF file inside `model` (folder) to load with transformers' GGUF support")
+    torch_dtype: str = opt("float32", "weights dtype: float32, bfloat16, float16 or auto")
+    attn_implementation: Any = opt(None, "sdpa, eager, flash_attention_2 ...; null = transformers' default")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
+    trust_remote_code: bool = opt(False, "allow model code from the hub (off unless you trust it)")
+
+
+@dataclass
+class TrainConfig(ModelArgs):
+    output_dir: str = opt("runs/out", "where metrics, checkpoints/, final/ and plots go")
+    max_steps: int = opt(100, "optimizer steps")
+    batch_size: int = opt(8, "rows per micro-batch per process")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    max_length: int = opt(256, "tokens per row (prompt + completion); longer completions are cut")
+    learning_rate: float = opt(1e-4, "peak learning rate (AdamW)")
+    lr_scheduler: str = opt("cosine", "constant, linear or cosine (after warmup)")
+    warmup_steps: int = opt(0, "linear warmup steps")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    adam_betas: Any = opt([0.9, 0.999], "AdamW betas")
+    max_grad_norm: float = opt(1.0, "clip the global gradient norm; 0 = no clipping")
+    mixed_precision: str = opt("no", "no, bf16 or fp16 autocast (accelerate)")
+    seed: int = opt(42, "seed of data order, initialisation and sampling")
+    logging_steps: int = opt(1, "log every N steps")
+    eval_steps: int = opt(0, "evaluate every N steps (0 = only at the end, when data.eval is set)")
+    save_steps: int = opt(0, "checkpoint every N steps (0 = only at the end)")
+    save_total_limit: int = opt(2, "keep the newest N checkpoints")
+    max_consecutive_skips: int = opt(5, "abort after this many consecutive non-finite steps")
+    report_to: Any = opt(["tensorboard"], "loggers besides metrics.jsonl: tensorboard, wandb, trackio")
+    resume: bool = opt(True, "resume from the newest complete checkpoint in output_dir")
+    threads: int = opt(0, "torch CPU threads; 0 = torch's default")
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+def _walk_unknown(user: Any, schema: Any, prefix: str) -> list[str]:
+    """Dotted keys of `user` (a plain dict) that the schema dataclass does not have, with a suggestion."""
+    if not isinstance(user, dict) or not is_dataclass(schema):
+        return []
+    names = {f.name: f for f in fields(schema)}
+    errors = []
+    for key, value in user.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            every = [f"{prefix}{n}" for n in names]
+            close = difflib.get_close_matches(dotted, every, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys here: {', '.join(sorted(names))}"
+            errors.append(f"unknown key '{dotted}'{hint}")
+            continue
+        sub = getattr(schema, key, None) if not isinstance(schema, type) else None
+        default = names[key].default_factory() if names[key].default_factory is not MISSING else None
+        if is_dataclass(sub) or is_dataclass(default):
+            errors += _walk_unknown(value, sub if sub is not None else default, dotted + ".")
+    return errors
+
+
+def _parse_overrides(overrides: list[str]) -> dict:
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"override '{o}' is not key=value")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad override: {e}") from None
+
+
+def load_config(cls: type, path: str | None = None, overrides: list[str] = ()) -> Any:
+    """An instance of the dataclass `cls` from YAML `path` then `overrides` (['key=value', ...])."""
+    layers = []
+    if path:
+        try:
+            file_cfg = OmegaConf.load(path)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except Exception as e:  # yaml errors carry line numbers
+            raise ConfigError(f"{path}: cannot parse YAML: {e}") from None
+        if not isinstance(file_cfg, DictConfig):
+            raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+        layers.append((path, OmegaConf.to_container(file_cfg)))
+    layers.append(("command line", _parse_overrides(list(overrides))))
+    merged = OmegaConf.structured(cls)
+    for where, layer in layers:
+        unknown = _walk_unknown(layer, cls(), "")
+        if unknown:
+            raise ConfigError(f"{where}: " + "; ".join(unknown))
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None) or "?"
+            raise ConfigError(f"{where}: key '{key}': {e.msg if hasattr(e, 'msg') else e}".split("\n")[0]) from None
+    return OmegaConf.to_object(merged)
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML (what is printed and saved in output_dir)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, meaning) for every field of `cls`, nested dataclasses expanded."""
+    rows = []
+    for f in fields(cls):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if is_dataclass(default):
+            rows += describe(type(default), f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", repr(default), f.metadata.get("help", "")))
+    return rows
+
+
+def plain(value: Any) -> Any:
+    """OmegaConf containers to plain Python (lists, dicts); other values unchanged."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value)
+    return value

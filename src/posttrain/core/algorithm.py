@@ -1,0 +1,92 @@
+"""What an algorithm tells the engine. Each algorithm is a small module implementing this."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class Algorithm:
+    """Subclass and implement `setup`, `micro_batches` and `loss`; the rest has sensible defaults.
+
+    The engine owns the model, optimizer, schedule, accumulation, clipping, logging and checkpoints.
+    """
+
+    name = "algorithm"
+    plot_keys: tuple[str, ...] = ("loss", "eval/loss")
+
+    def setup(self, engine) -> None:
+        """Build data, reference models, rollout backends; `engine.model`/`engine.tokenizer` exist."""
+
+    def micro_batches(self, step: int) -> list[Any]:
+        """This process's micro-batches of optimizer step `step` (a deterministic function of the step
+        and the algorithm state, so resume is exact)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement micro_batches")
+
+    def loss(self, model, batch, num_items: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of one micro-batch, already divided by `num_items` (the step's global normaliser)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement loss")
+
+    def num_items(self, batch) -> float:
+        return batch.num_items
+
+    def tokens(self, batch) -> int:
+        """Non-padding tokens in the batch (for tokens/s)."""
+        am = getattr(batch, "attention_mask", None)
+        return int(am.sum()) if am is not None else int(batch.input_ids.numel())
+
+    def evaluate(self, model) -> dict[str, float]:
+        return {}
+
+    def has_eval(self) -> bool:
+        return False
+
+    def on_step_end(self, step: int, metrics: dict[str, float]) -> None:
+        """Hook after each optimizer step (e.g. adaptive KL control)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def finish(self, engine) -> None:
+        """After the last step and the final save (e.g. write eval.json)."""
+
+
+class StepSampler:
+    """Which rows each process uses at each optimizer step: a pure function of (seed, step).
+
+    Global row position p = ((step * grad_accum + k) * world + rank) * batch_size + i; its epoch is
+    p // N and its row is a seeded permutation of epoch. So 2 processes x batch 4 see exactly the rows
+    of 1 process x batch 8, and a resumed run needs only the step number.
+    """
+
+    def __init__(self, n: int, batch_size: int, grad_accum: int, seed: int, rank: int = 0, world: int = 1,
+                 shuffle: bool = True):
+        if n <= 0:
+            raise ValueError("no training rows left after filtering")
+        self.n, self.bs, self.ga, self.seed, self.rank, self.world, self.shuffle = (
+            n, batch_size, grad_accum, seed, rank, world, shuffle)
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
+                self._perms[epoch] = torch.randperm(self.n, generator=g).tolist()
+            else:
+                self._perms[epoch] = list(range(self.n))
+            if len(self._perms) > 4:
+                self._perms.pop(min(self._perms))
+        return self._perms[epoch]
+
+    def micro_indices(self, step: int) -> list[list[int]]:
+        out = []
+        for k in range(self.ga):
+            start = ((step * self.ga + k) * self.world + self.rank) * self.bs
+            out.append([self._perm(p // self.n)[p % self.n] for p in range(start, start + self.bs)])
+        return out
+
+    def epoch(self, step: int) -> float:
+        return (step + 1) * self.ga * self.world * self.bs / self.n

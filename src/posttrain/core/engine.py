@@ -1,0 +1,234 @@
+"""The one training loop every algorithm shares, on `accelerate`.
+
+Per optimizer step: the algorithm hands over this process's micro-batches; the engine sums their
+normaliser over all micro-batches and processes (so the loss is one mean over the whole accumulated
+batch), backpropagates each micro-batch, all-reduces gradients once (data parallel), clips, and steps
+AdamW and the schedule. A non-finite loss or gradient skips the step with params and optimizer
+untouched; `max_consecutive_skips` in a row abort. Logging, evaluation, atomic checkpoints, exact
+resume and the final `save_pretrained` folder live here too.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from posttrain.config import plain, to_yaml
+from posttrain.core import checkpoint as ckpt
+from posttrain.core.metrics_log import MetricsLogger, read_metrics
+from posttrain.core.models import save_final
+
+
+class TrainingAborted(RuntimeError):
+    """Training stopped on purpose (e.g. too many consecutive non-finite steps)."""
+
+
+def _all_reduce(values: list[float], op=None) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+class Engine:
+    def __init__(self, cfg, algorithm, model=None, tokenizer=None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.cfg, self.algo = cfg, algorithm
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+        set_seed(cfg.seed)
+        if model is None:
+            from posttrain.core.models import load_model
+
+            model, tokenizer = load_model(cfg)
+        self.model, self.tokenizer = model.to(self.accelerator.device), tokenizer
+        self.device = self.accelerator.device
+        self.ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
+        self.step, self.skipped, self.consecutive_skips = 0, 0, 0
+        algorithm.setup(self)
+        self._sync_initial_params()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the model has no trainable parameters")
+        self.optimizer = self._make_optimizer()
+        self.scheduler = self._make_scheduler()
+
+    # ----------------------------------------------------------------- set-up
+    def _sync_initial_params(self) -> None:
+        if self.world > 1:
+            for t in list(self.model.parameters()) + list(self.model.buffers()):
+                dist.broadcast(t.data, src=0)
+
+    def _make_optimizer(self):
+        c = self.cfg
+        betas = tuple(plain(c.adam_betas))
+        kw = {"fused": True} if self.device.type == "cuda" else {}
+        return torch.optim.AdamW(self.params, lr=c.learning_rate, betas=betas, weight_decay=c.weight_decay, **kw)
+
+    def _make_scheduler(self):
+        from transformers import get_scheduler
+
+        names = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+        if self.cfg.lr_scheduler not in names:
+            raise ValueError(f"lr_scheduler: expected one of {sorted(names)}, found '{self.cfg.lr_scheduler}'")
+        return get_scheduler(names[self.cfg.lr_scheduler], self.optimizer, num_warmup_steps=self.cfg.warmup_steps,
+                             num_training_steps=self.cfg.max_steps)
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    def say(self, msg: str) -> None:
+        if self.is_main:
+            print(f"[posttrain] {msg}", file=sys.stderr, flush=True)
+
+    # ----------------------------------------------------------------- resume / save
+    def _resume(self) -> None:
+        if not self.cfg.resume:
+            return
+        path = ckpt.latest_complete(self.ckpt_root, log=self.say)
+        if path is None:
+            return
+        meta, algo_state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer,
+                                                scheduler=self.scheduler, rank=self.rank)
+        self.step, self.skipped = meta["step"], meta.get("skipped", 0)
+        self.consecutive_skips = meta.get("consecutive_skips", 0)
+        self.algo.load_state_dict(algo_state)
+
+    def save_checkpoint(self) -> str:
+        return ckpt.save_checkpoint(
+            self.ckpt_root, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            algo_state=self.algo.state_dict(), config_yaml=to_yaml(self.cfg), is_main=self.is_main,
+            rank=self.rank, barrier=self.barrier, keep=self.cfg.save_total_limit,
+            trainer_state={"skipped": self.skipped, "consecutive_skips": self.consecutive_skips})
+
+    # ----------------------------------------------------------------- one step
+    def _backward_step(self, micros) -> dict:
+        local_items = sum(self.algo.num_items(m) for m in micros)
+        local_tokens = sum(self.algo.tokens(m) for m in micros)
+        num_items, tokens = _all_reduce([local_items, local_tokens])
+        num_items = max(num_items, 1e-8)
+        loss_sum, sums = 0.0, {}
+        for m in micros:
+            with self.accelerator.autocast():
+                loss, metrics = self.algo.loss(self.model, m, num_items)
+            loss.backward()
+            loss_sum += float(loss.detach())
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        keys = sorted(sums)
+        reduced = _all_reduce([loss_sum] + [sums[k] / len(micros) for k in keys])
+        out = {"loss": reduced[0], **{k: v / self.world for k, v in zip(keys, reduced[1:])}}
+        out["tokens"] = tokens
+        return out
+
+    def _sync_grads(self) -> None:
+        if self.world == 1:
+            return
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+    def train_step(self) -> dict:
+        micros = self.algo.micro_batches(self.step)
+        metrics = self._backward_step(micros)
+        self._sync_grads()
+        clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        finite = math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+            self.consecutive_skips = 0
+        else:
+            self.skipped += 1
+            self.consecutive_skips += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        metrics.update(grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0], skipped_steps=self.skipped)
+        if not finite:
+            self.say(f"step {self.step}: non-finite loss or gradient (loss={metrics['loss']}, "
+                     f"grad_norm={grad_norm}); step skipped, params and optimizer untouched")
+            if self.consecutive_skips >= self.cfg.max_consecutive_skips:
+                raise TrainingAborted(f"{self.consecutive_skips} consecutive non-finite steps, the last at step "
+                                      f"{self.step}; check the learning rate, the data and mixed precision")
+        self.algo.on_step_end(self.step, metrics)
+        return metrics
+
+    # ----------------------------------------------------------------- the loop
+    def evaluate(self) -> dict:
+        if not self.algo.has_eval():
+            return {}
+        was = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            res = self.algo.evaluate(self.model)
+        self.model.train(was)
+        return {f"eval/{k}": v for k, v in res.items()}
+
+    def train(self) -> dict:
+        from tqdm.auto import tqdm
+
+        c = self.cfg
+        self._resume()
+        if self.is_main:
+            os.makedirs(c.output_dir, exist_ok=True)
+            with open(os.path.join(c.output_dir, "config.yaml"), "w") as f:
+                f.write(to_yaml(c))
+        log = MetricsLogger(c.output_dir, plain(c.report_to), resume_step=self.step, enabled=self.is_main,
+                            run_name=os.path.basename(os.path.abspath(c.output_dir)))
+        self.model.train()
+        bar = tqdm(total=c.max_steps, initial=self.step, disable=not self.is_main, desc=self.algo.name,
+                   dynamic_ncols=True, file=sys.stderr)
+        last = {}
+        try:
+            while self.step < c.max_steps:
+                t0 = time.perf_counter()
+                m = self.train_step()
+                dt = time.perf_counter() - t0
+                m["tokens_per_s"] = m["tokens"] / max(dt, 1e-9)
+                m["step_s"] = dt
+                due = lambda every: every > 0 and self.step % every == 0  # noqa: E731
+                if due(c.eval_steps) or (self.step == c.max_steps and self.algo.has_eval()):
+                    m.update(self.evaluate())
+                if due(c.logging_steps) or self.step == c.max_steps:
+                    log.log(self.step, m)
+                bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}", refresh=False)
+                bar.update(1)
+                if due(c.save_steps) and self.step < c.max_steps:
+                    self.save_checkpoint()
+                last = m
+        finally:
+            bar.close()
+            log.close()
+        self._finish()
+        return last
+
+    def _finish(self) -> None:
+        c = self.cfg
+        if not any(s == self.step for s, _ in ckpt.list_checkpoints(self.ckpt_root)):
+            self.save_checkpoint()
+        if self.is_main:
+            save_final(self.model, self.tokenizer, os.path.join(c.output_dir, "final"), merge_lora=c.lora.merge_on_save)
+            self.plot()
+        self.algo.finish(self)
+        self.barrier()
+
+    def plot(self) -> str | None:
+        from posttrain.report.plots import plot_curves
+
+        path = os.path.join(self.cfg.output_dir, "metrics.jsonl")
+        if not os.path.exists(path):
+            return None
+        return plot_curves(read_metrics(path), os.path.join(self.cfg.output_dir, "loss.png"),
+                           self.algo.plot_keys, title=f"{self.algo.name}: {self.cfg.output_dir}")

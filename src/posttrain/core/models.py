@@ -1,0 +1,146 @@
+"""Load and save Hugging Face causal LMs: dtype, attention, checkpointing, GGUF, PEFT LoRA, references.
+
+`model` is a hub name, a local folder, or `builtin:NAME` (built locally by `posttrain.builtin`).
+Output is `save_pretrained` form (safetensors, tokenizer, chat template) that transformers and vLLM load.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import shutil
+import tempfile
+
+import torch
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "auto": "auto"}
+
+
+class ModelLoadError(RuntimeError):
+    """The model or tokenizer could not be loaded; the message says which and why."""
+
+
+def resolve_path(name: str) -> str:
+    """`builtin:NAME` to its cached folder; anything else unchanged."""
+    if isinstance(name, str) and name.startswith("builtin:"):
+        from posttrain.builtin import resolve_model
+
+        return resolve_model(name.split(":", 1)[1])
+    return name
+
+
+def _dtype(name: str):
+    if name not in DTYPES:
+        raise ModelLoadError(f"torch_dtype: expected one of {sorted(DTYPES)}, found '{name}'")
+    return DTYPES[name]
+
+
+def load_tokenizer(cfg):
+    from transformers import AutoTokenizer
+
+    src = resolve_path(cfg.tokenizer or cfg.model)
+    kw = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.gguf_file and not cfg.tokenizer:
+        kw["gguf_file"] = cfg.gguf_file
+    try:
+        tok = AutoTokenizer.from_pretrained(src, **kw)
+    except Exception as e:
+        raise ModelLoadError(f"cannot load tokenizer '{src}': {type(e).__name__}: {e}") from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg, *, with_tokenizer: bool = True, auto_class=None):
+    """`(model, tokenizer)` from a config carrying the `ModelArgs` fields and `lora`.
+
+    LoRA (`lora.r > 0`) wraps the model with PEFT; only adapter weights are trainable then.
+    """
+    from transformers import AutoModelForCausalLM
+
+    src = resolve_path(cfg.model)
+    kw = {"dtype": _dtype(cfg.torch_dtype), "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation:
+        kw["attn_implementation"] = cfg.attn_implementation
+    if cfg.gguf_file:
+        kw["gguf_file"] = cfg.gguf_file
+    try:
+        model = (auto_class or AutoModelForCausalLM).from_pretrained(src, **kw)
+    except Exception as e:
+        raise ModelLoadError(f"cannot load model '{src}': {type(e).__name__}: {e}") from e
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    tok = load_tokenizer(cfg) if with_tokenizer else None
+    if tok is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id
+    if getattr(cfg, "lora", None) is not None and cfg.lora.r > 0:
+        model = apply_lora(model, cfg.lora)
+    return model, tok
+
+
+def apply_lora(model, lora_cfg, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora_cfg.target_modules
+    targets = list(targets) if not isinstance(targets, str) else targets
+    pcfg = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                      target_modules=targets, task_type=task_type)
+    if getattr(model, "is_gradient_checkpointing", False):
+        model.enable_input_require_grads()
+    return get_peft_model(model, pcfg)
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+class Reference:
+    """The frozen reference policy: the base model with the adapter disabled (LoRA, no second copy),
+    or a frozen deep copy of the initial model."""
+
+    def __init__(self, model):
+        self._shared = is_peft(model)
+        self._model = model if self._shared else copy.deepcopy(model).eval().requires_grad_(False)
+
+    @contextlib.contextmanager
+    def model(self):
+        """Yields a module whose forward is the reference; gradients off."""
+        with torch.no_grad():
+            if self._shared:
+                was = self._model.training
+                self._model.eval()
+                with self._model.disable_adapter():
+                    yield self._model
+                self._model.train(was)
+            else:
+                yield self._model
+
+    def to(self, device):
+        if not self._shared:
+            self._model.to(device)
+        return self
+
+
+def save_final(model, tokenizer, out_dir: str, *, merge_lora: bool = False) -> str:
+    """Write `out_dir` atomically in `save_pretrained` form (safetensors + tokenizer + chat template).
+
+    A LoRA model is merged into its base when `merge_lora`, else saved as a PEFT adapter folder (which
+    `peft.AutoPeftModelForCausalLM.from_pretrained` loads; transformers loads it too when peft is installed).
+    """
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".final-", dir=parent)
+    to_save = model
+    if is_peft(model) and merge_lora:
+        to_save = copy.deepcopy(model).merge_and_unload()
+    to_save.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    old = out_dir + ".old"
+    if os.path.isdir(out_dir):
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
