@@ -11,9 +11,13 @@ from __future__ import annotations
 import json
 import os
 
-from posttrain.lab.world import WORLD_VERSION
-
 DATA_SEED = 0
+
+
+def _version() -> str:
+    from posttrain.lab.world import WORLD_VERSION
+
+    return WORLD_VERSION
 
 
 def cache_dir(*parts: str) -> str:
@@ -25,13 +29,13 @@ def data_dir() -> str:
     """The lab world's exported JSONL files, written once per world version."""
     from posttrain.lab.export import export
 
-    out = cache_dir("data", f"world-{WORLD_VERSION}-seed{DATA_SEED}")
+    out = cache_dir("data", f"world-{_version()}-seed{DATA_SEED}")
     marker = os.path.join(out, ".complete")
     if not os.path.exists(marker):
         tmp = out + f".tmp{os.getpid()}"
         export(tmp, seed=DATA_SEED)
         with open(os.path.join(tmp, ".complete"), "w") as f:
-            f.write(WORLD_VERSION)
+            f.write(_version())
         if os.path.exists(marker):  # another process finished first
             import shutil
 
@@ -73,7 +77,7 @@ def resolve_model(name: str) -> str:
     from posttrain.core.tiny import build_tiny
 
     if name == "tiny-random":
-        out = cache_dir("models", f"tiny-random-{WORLD_VERSION}")
+        out = cache_dir("models", f"tiny-random-{_version()}")
         if not os.path.isdir(out):
             build_tiny(out, web_corpus(), size="tiny", vocab_size=1024)
         return out
