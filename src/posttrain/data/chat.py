@@ -1,0 +1,136 @@
+"""Tokenise one SFT row into training sequences with a loss mask (token-aligned: mask[t] = 1 trains
+the prediction of input_ids[t] from input_ids[:t]; mask[0] is always 0).
+
+What is trained (`completion_only_loss=True`, the default):
+- `messages` (and conversational `prompt` + `completion`): every assistant message's content and its
+  end of turn (e.g. `<|im_end|>`; not the newline the template puts after it); see `masks.py`. For
+  `prompt` + `completion`, only assistant messages of the completion.
+- plain `prompt` + `completion`: tokens(prompt) + tokens(completion) + eos (when the tokenizer has
+  one and the completion does not already end with it); the completion tokens and the eos are trained.
+- `text`: tokens(text) + eos, all trained (but the first).
+With `completion_only_loss=False` every token but the first is trained.
+
+Negatives (for unlikelihood): a `rejected` column yields a second sequence, prompt + rejected, with
+`negative=True`; a row with `label: false` yields one negative sequence. A negative's mask marks its
+completion content only, whatever `completion_only_loss` says: no eos is appended and no end-of-turn
+token is marked (penalising "stop here" after a bad answer says nothing about the answer).
+
+Rows that cannot be used raise `Drop(reason)`; a caller counts them. Reasons: "empty completion",
+"empty text", "no assistant message", "no chat template for messages", "prompt longer than max_length",
+"no trainable tokens after truncation". Sequences longer than `max_length` keep their prompt and lose
+the completion's tail (`Encoded.truncated`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .masks import NoTemplate, encode_conversation, render
+
+
+class Drop(Exception):
+    """An edge row the caller drops and counts; `reason` is a short fixed string."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    mask: list[int]            # 1 = token trained (positive) or penalised (negative)
+    negative: bool = False     # unlikelihood example: its mask goes to SFTBatch.neg_mask
+    truncated: bool = False    # the completion's tail was cut at max_length
+
+    def __post_init__(self):
+        if len(self.input_ids) != len(self.mask):
+            raise ValueError(f"{len(self.input_ids)} input_ids but {len(self.mask)} mask values")
+        if self.mask and self.mask[0]:
+            raise ValueError("mask[0] must be 0: the first token has no context to be predicted from")
+
+
+def _ids(tokenizer, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def _with_eos(ids: list[int], tokenizer, negative: bool) -> list[int]:
+    eos = tokenizer.eos_token_id
+    if negative or eos is None or (ids and ids[-1] == eos):
+        return ids
+    return ids + [eos]
+
+
+def _plain(prompt: str, completion: str, tokenizer, negative: bool) -> tuple[list[int], list[int]]:
+    if not completion.strip():
+        raise Drop("empty completion")
+    p = _ids(tokenizer, prompt, True)
+    c = _with_eos(_ids(tokenizer, completion, False), tokenizer, negative)
+    return p + c, [0] * len(p) + [1] * len(c)
+
+
+def _text(text: str, tokenizer, negative: bool) -> tuple[list[int], list[int]]:
+    if not text.strip():
+        raise Drop("empty text")
+    ids = _with_eos(_ids(tokenizer, text, True), tokenizer, negative)
+    return ids, [0] + [1] * (len(ids) - 1)
+
+
+def _conversation(messages: list[dict], train_from: int, tokenizer, negative: bool, tools) -> tuple[list, list]:
+    assistant = [m for m in messages[train_from:] if m.get("role") == "assistant"]
+    if not assistant:
+        raise Drop("no assistant message")
+    if any(not (m.get("content") or "").strip() and not m.get("tool_calls") for m in assistant):
+        raise Drop("empty completion")
+    try:
+        return encode_conversation(tokenizer, messages, train_from=train_from, include_end=not negative, tools=tools)
+    except NoTemplate:
+        raise Drop("no chat template for messages") from None
+
+
+def _finish(ids: list[int], mask: list[int], *, max_length: int, completion_only_loss: bool,
+            negative: bool) -> Encoded:
+    prompt_len = mask.index(1) if 1 in mask else len(mask)
+    if prompt_len >= max_length:
+        raise Drop("prompt longer than max_length")
+    if not completion_only_loss and not negative:
+        mask = [0] + [1] * (len(ids) - 1)
+    truncated = len(ids) > max_length
+    ids, mask = ids[:max_length], mask[:max_length]
+    mask[0] = 0
+    if not any(mask):
+        raise Drop("no trainable tokens after truncation" if truncated else "no trainable tokens")
+    return Encoded(ids, mask, negative=negative, truncated=truncated)
+
+
+def _sequences(row: dict, tokenizer, negative: bool) -> list[tuple[list[int], list[int], bool]]:
+    """(ids, completion mask, negative) for each sequence the row yields."""
+    tools = row.get("tools")
+    if row.get("messages") is not None:
+        return [(*_conversation(row["messages"], 0, tokenizer, negative, tools), negative)]
+    if row.get("prompt") is not None:
+        prompt = row["prompt"]
+        pairs = [(row["completion"], negative)] + ([(row["rejected"], True)] if row.get("rejected") is not None else [])
+        if isinstance(prompt, str):
+            return [(*_plain(prompt, c, tokenizer, neg), neg) for c, neg in pairs]
+        return [(*_conversation(prompt + c, len(prompt), tokenizer, neg, tools), neg) for c, neg in pairs]
+    return [(*_text(row["text"], tokenizer, negative), negative)]
+
+
+def encode_sft_row(row: dict, tokenizer, *, max_length: int, completion_only_loss: bool = True) -> list[Encoded]:
+    """Training sequences of one (validated) SFT row: the positive, then the `rejected` negative if any;
+    a `label: false` row gives one negative. Raises `Drop(reason)` for an edge row (module docstring)."""
+    negative = row.get("label") is False
+    return [_finish(ids, mask, max_length=max_length, completion_only_loss=completion_only_loss, negative=neg)
+            for ids, mask, neg in _sequences(row, tokenizer, negative)]
+
+
+def encode_prompt(row: dict, tokenizer) -> str:
+    """The text a model should continue for a prompt row: the chat template with the generation prompt
+    for messages, plain text as it is. Raises `Drop("no chat template for messages")`."""
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        return prompt
+    try:
+        return render(tokenizer, prompt, generation_prompt=True, tools=row.get("tools"))
+    except NoTemplate:
+        raise Drop("no chat template for messages") from None
