@@ -142,3 +142,20 @@ def test_encoded_checks_its_own_shape():
         Encoded([1, 2], [1, 1])
     with pytest.raises(ValueError, match="2 input_ids but 1 mask"):
         Encoded([1, 2], [0])
+
+
+def without_offsets(tok):
+    """The same tokenizer, claiming to be slow: masks then come from token counts of text prefixes."""
+    slow = copy.deepcopy(tok)
+    slow.__class__ = type("NoOffsets", (tok.__class__,), {"is_fast": property(lambda self: False)})
+    return slow
+
+
+def test_tokenizer_without_offsets_uses_prefix_token_counts(tok):
+    slow = without_offsets(tok)
+    for row in ({"messages": [SYSTEM, U1, A1, U2, A2]}, {"prompt": [U1], "completion": [A1], "rejected": [A2]}):
+        assert encode_sft_row(row, slow, max_length=256) == encode_sft_row(row, tok, max_length=256)
+    merging = with_template(slow, "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+                                  "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}")
+    with pytest.raises(ValueError, match="tokenises a prefix of the conversation differently"):
+        encode_sft_row({"messages": [U1, A1]}, merging, max_length=256)

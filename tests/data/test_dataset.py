@@ -62,3 +62,17 @@ def test_marked_text_round_trips(tok):
     for e in examples:
         plain = marked_text(e, tok).replace("[[", "").replace("]]", "").replace("[-", "").replace("-]", "")
         assert plain == tok.decode(e.input_ids)
+
+
+def test_arrow_rows_with_null_columns_from_mixed_parquet(tok, tmp_path):
+    """Parquet/hub rows of mixed formats come back with every column, null where absent: still fine."""
+    import datasets
+
+    path = str(tmp_path / "mixed.parquet")
+    datasets.Dataset.from_dict({"messages": [[U, A], None], "prompt": [None, "the code"],
+                                "completion": [None, " looks great"]}).to_parquet(path)
+    rows = load_rows(path, kind="sft")
+    assert rows[0]["prompt"] is None and rows[1]["messages"] is None
+    examples, stats = build_sft_examples(rows, tok, max_length=64)
+    assert stats.kept == 2 and not any(e.negative for e in examples)
+    assert tok.decode([t for t, m in zip(examples[0].input_ids, examples[0].mask) if m]) == "2 + 3 = 5.<|im_end|>"

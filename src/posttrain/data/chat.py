@@ -18,7 +18,8 @@ token is marked (penalising "stop here" after a bad answer says nothing about th
 Rows that cannot be used raise `Drop(reason)`; a caller counts them. Reasons: "empty completion",
 "empty text", "no assistant message", "no chat template for messages", "prompt longer than max_length",
 "no trainable tokens after truncation". Sequences longer than `max_length` keep their prompt and lose
-the completion's tail (`Encoded.truncated`).
+the completion's tail (`Encoded.truncated`). The drop rules look at the completion in both loss modes,
+so `completion_only_loss` never changes which rows are kept.
 """
 from __future__ import annotations
 
