@@ -1,0 +1,250 @@
+"""Rollouts with a transformers model: batched, left-padded, KV-cached, prefill once per prompt.
+
+Why a sampling loop of our own rather than `model.generate(num_return_sequences=n)`: in transformers 5
+`generate` expands the inputs with `repeat_interleave(n)` *before* the prefill
+(`GenerationMixin._expand_inputs_for_generation`), so every prompt is prefilled n times; and the
+sampled log-probs need `output_logits=True`, which keeps a `[B, V]` float32 tensor per step until the
+end. Here each chunk of prompts is run forward once, its `DynamicCache` is expanded to the n samples
+with `batch_repeat_interleave(n)`, and decoding continues one token at a time; the log-prob of the
+sampled token is gathered each step (`[B]` kept, not `[B, V]`), and rows that finished are dropped from
+the batch (`DynamicCache.batch_select_indices`), so late steps only pay for live rows.
+`tests/rollout/bench_prefill.py` measures it against `generate`.
+
+Sampling order matches transformers and vLLM: logits / T, then top-k, then top-p, then a draw with a
+private `torch.Generator` (the global RNG is not touched, except for one draw when `seed` is None).
+Log-probs are `log_softmax(logits / T)` of the raw logits, before top-k / top-p (see `base.py`).
+Sampling consumes the generator row by row, so samples depend on `batch_size` and on the other
+prompts of the call; greedy results do not.
+"""
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+from .base import Rollouts, SamplingParams, check_prompts, cut_at_stop
+
+
+def filter_top_k_top_p(scores: Tensor, top_k: int, top_p: float) -> Tensor:
+    """`scores` [A, V] with tokens outside the top-k, then outside the top-p nucleus, set to -inf.
+
+    top-p keeps the smallest set of most likely tokens whose probability reaches `top_p` (always at
+    least one), computed on the top-k-filtered distribution, as transformers' warpers do.
+    """
+    if 0 < top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
+        probs = sorted_scores.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop_sorted = mass_before >= top_p
+        drop_sorted[:, 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return scores
+
+
+def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Draw one token per row of `logits` [A, V] (float32). Returns (tokens [A] long, logps [A]).
+
+    logps = log_softmax(logits / T) at the drawn token, unfiltered; greedy (T = 0) uses T = 1.
+    """
+    if params.greedy:
+        tokens = logits.argmax(dim=-1)
+        logps = torch.log_softmax(logits, dim=-1)
+    else:
+        scaled = logits / params.temperature
+        logps = torch.log_softmax(scaled, dim=-1)
+        probs = filter_top_k_top_p(scaled, params.top_k, params.top_p).softmax(dim=-1)
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return tokens, logps.gather(1, tokens[:, None]).squeeze(1)
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Eval mode and no grad inside; every submodule's own train/eval flag restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under DDP / accelerate (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """EOS ids from the tokenizer and the model's generation config (int or list), merged."""
+    ids: set[int] = set()
+    cfg = getattr(model, "generation_config", None)
+    for value in (tokenizer.eos_token_id, getattr(cfg, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value is not None:
+            ids.update(int(v) for v in value)
+    if not ids:
+        raise ValueError("no EOS token: neither the tokenizer nor model.generation_config names eos_token_id")
+    return ids
+
+
+class _StopStrings:
+    """Detects a stop string in a growing completion by decoding only its tail."""
+
+    def __init__(self, tokenizer, stop: tuple[str, ...]):
+        self.tokenizer, self.stop = tokenizer, stop
+        # a token decodes to >= 1 byte, a character is <= 4 bytes: this many tokens cover any stop string
+        self.window = 4 * max((len(s) for s in stop), default=0) + 4
+
+    def hit(self, ids: list[int]) -> bool:
+        if not self.stop:
+            return False
+        tail = self.tokenizer.decode(ids[-self.window:], skip_special_tokens=True)
+        return any(s in tail for s in self.stop)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
+    """(input_ids [B, L], attention_mask [B, L]) with each sequence flush right."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def positions(attention_mask: Tensor) -> Tensor:
+    """Position ids that count real tokens only (pads get 0), as transformers' generate does."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class HFBackend:
+    """`RolloutBackend` on a transformers causal LM (the policy object itself; see `sync_weights`).
+
+    batch_size: most sequences decoded together; a chunk holds `max(1, batch_size // n)` prompts,
+                each prefilled once and expanded to its n samples.
+    use_cache:  False recomputes the whole sequence every step (slow; for models whose cache is broken).
+    """
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 64, use_cache: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"HFBackend: batch_size must be >= 1, got {batch_size}")
+        self.model = unwrap(model)
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.use_cache = use_cache
+        self.eos_ids = eos_token_ids(self.model, tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else min(self.eos_ids)
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def sync_weights(self, model) -> None:
+        """No-op: this backend samples from the very module being trained, so it is always in sync.
+
+        Raises if handed a different model, which would otherwise be silently ignored.
+        """
+        if unwrap(model) is not self.model:
+            raise ValueError("HFBackend.sync_weights: got a different model object than the backend was built "
+                             "with; build a new HFBackend for it")
+
+    def generate(self, prompts: list[str], n: int, params: SamplingParams) -> Rollouts:
+        prompts = check_prompts(prompts, n)
+        prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        for i, ids in enumerate(prompt_ids):
+            if not ids:
+                raise ValueError(f"generate: prompt {i} ({prompts[i]!r:.60}) tokenises to no tokens")
+        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        per_chunk = max(1, self.batch_size // n)
+        completions: list[list[int]] = []
+        logps: list[list[float]] = []
+        with eval_mode(self.model):
+            for start in range(0, len(prompt_ids), per_chunk):
+                ids, lps = self._generate_chunk(prompt_ids[start:start + per_chunk], n, params, generator)
+                completions += ids
+                logps += lps
+        return self._package(prompt_ids, completions, logps, n, params)
+
+    def _package(self, prompt_ids, completions, logps, n: int, params: SamplingParams) -> Rollouts:
+        texts, truncated = [], []
+        for ids in completions:
+            text, stopped = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), params.stop)
+            texts.append(text)
+            truncated.append(len(ids) == params.max_new_tokens and ids[-1] not in self.eos_ids and not stopped)
+        return Rollouts(prompt_ids=[list(p) for p in prompt_ids for _ in range(n)], completion_ids=completions,
+                        completion_logps=logps, texts=texts, truncated=truncated, n=n)
+
+    def _last_logits(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache) -> Tensor:
+        """float32 logits [B, V] of the last position."""
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=cache is not None)
+        if cache is not None:
+            kwargs["cache"] = cache
+        if self._logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        return self.model(**kwargs).logits[:, -1].float()
+
+    def _generate_chunk(self, prompt_ids: list[list[int]], n: int, params: SamplingParams,
+                        generator: torch.Generator) -> tuple[list[list[int]], list[list[float]]]:
+        """Sample n completions for each prompt of the chunk; rows come out prompt-major."""
+        from transformers import DynamicCache
+
+        ids, mask = left_pad(prompt_ids, self.pad_id, self.device)
+        cache = DynamicCache(config=self.model.config) if self.use_cache else None
+        if cache is not None:  # prefill once, then share the prompt's keys/values with its n samples
+            logits = self._last_logits(ids, mask, positions(mask), cache).repeat_interleave(n, dim=0)
+            cache.batch_repeat_interleave(n)
+            seq = None
+        mask = mask.repeat_interleave(n, dim=0)
+        if cache is None:
+            seq = ids.repeat_interleave(n, dim=0)
+            logits = self._last_logits(seq, mask, positions(mask), None)
+        next_pos = mask.sum(-1, keepdim=True) - 1
+        rows = torch.arange(mask.shape[0], device=self.device)
+        out_ids: list[list[int]] = [[] for _ in range(mask.shape[0])]
+        out_lps: list[list[float]] = [[] for _ in range(mask.shape[0])]
+        stopper = _StopStrings(self.tokenizer, params.stop)
+        for step in range(params.max_new_tokens):
+            tokens, lps = sample_next(logits, params, generator)
+            live = []
+            for j, (r, tok, lp) in enumerate(zip(rows.tolist(), tokens.tolist(), lps.tolist())):
+                out_ids[r].append(tok)
+                out_lps[r].append(lp)
+                if tok not in self.eos_ids and not stopper.hit(out_ids[r]):
+                    live.append(j)
+            if not live or step == params.max_new_tokens - 1:
+                break
+            if len(live) < len(rows):
+                keep = torch.tensor(live, device=self.device)
+                rows, tokens, mask, next_pos = rows[keep], tokens[keep], mask[keep], next_pos[keep]
+                if cache is not None:
+                    cache.batch_select_indices(keep)
+                else:
+                    seq = seq[keep]
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            next_pos = next_pos + 1
+            if cache is not None:
+                logits = self._last_logits(tokens[:, None], mask, next_pos, cache)
+            else:
+                seq = torch.cat([seq, tokens[:, None]], dim=1)
+                logits = self._last_logits(seq, mask, positions(mask), None)
+        return out_ids, out_lps
