@@ -69,6 +69,8 @@ def load_model(cfg, *, with_tokenizer: bool = True, auto_class=None):
         model = (auto_class or AutoModelForCausalLM).from_pretrained(src, **kw)
     except Exception as e:
         raise ModelLoadError(f"cannot load model '{src}': {type(e).__name__}: {e}") from e
+    if cfg.gguf_file:
+        _drop_gguf_quantizer(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -78,6 +80,17 @@ def load_model(cfg, *, with_tokenizer: bool = True, auto_class=None):
     if getattr(cfg, "lora", None) is not None and cfg.lora.r > 0:
         model = apply_lora(model, cfg.lora)
     return model, tok
+
+
+def _drop_gguf_quantizer(model) -> None:
+    """transformers de-quantizes GGUF tensors into ordinary float weights on load but keeps a GGUF
+    'quantizer' on the model that forbids `save_pretrained`. The weights are plain tensors, so the
+    marker is removed: the trained model saves as ordinary safetensors."""
+    model.hf_quantizer = None
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def apply_lora(model, lora_cfg, task_type: str = "CAUSAL_LM"):
