@@ -12,8 +12,8 @@ from posttrain.lab.rows import sft_neg_rows, sft_rows
 from posttrain.lab.web import chatml, corpus, web_texts
 from posttrain.lab.world import WORLD_VERSION, World
 
-FILES = ["sft", "sft_neg", "pref", "pref_eval", "rank", "arith_train", "arith_test", "arith_hard", "review_prompts",
-         "review_eval", "facts", "facts_probe", "web"]
+FILES = ["sft", "sft_eval", "sft_neg", "pref", "pref_eval", "rank", "arith_train", "arith_test", "arith_hard",
+         "review_prompts", "review_eval", "facts", "facts_probe", "web"]
 
 
 def _read(path):
@@ -144,7 +144,7 @@ def test_corpus_covers_chat_and_answer_format():
     assert any("####" in t for t in texts) and any("<|im_start|>assistant\n" in t for t in texts)
 
 
-KINDS = {"sft": "sft", "sft_neg": "sft", "facts": "sft", "web": "sft", "pref": "preference",
+KINDS = {"sft": "sft", "sft_eval": "sft", "sft_neg": "sft", "facts": "sft", "web": "sft", "pref": "preference",
          "pref_eval": "preference", "rank": "preference", "arith_train": "prompt", "arith_test": "prompt",
          "arith_hard": "prompt", "review_prompts": "prompt", "review_eval": "prompt", "facts_probe": "prompt"}
 

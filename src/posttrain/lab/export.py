@@ -3,6 +3,7 @@
 | file                  | rows                                                                                |
 |-----------------------|-------------------------------------------------------------------------------------|
 | `sft.jsonl`           | `messages` (user, assistant): arithmetic worked answers + honest reviews; `task`    |
+| `sft_eval.jsonl`      | the same on held-out arithmetic (test split) and held-out review tasks              |
 | `sft_neg.jsonl`       | `prompt`, `completion`, `rejected` (message lists): right vs wrong answer; `task`   |
 | `pref.jsonl`          | `prompt`, `chosen`, `rejected` (message lists) judged by the simulated rater on     |
 |                       | train reviews; `rater_prob`, `gold_chosen`, `gold_rejected`, `gold_chosen_better`,  |
@@ -50,6 +51,7 @@ def world_files(world: World, rater: SimulatedRater, *, web_chat: bool = False) 
     s = world.sizes
     return {
         "sft": sft_rows(world),
+        "sft_eval": sft_rows(world, held_out=True),
         "sft_neg": sft_neg_rows(world),
         "pref": preference_rows(world.review_train, rater, s.pref_pairs, world.seed),
         "pref_eval": preference_rows(world.review_eval, rater, s.pref_eval_pairs, world.seed + 1_000_003),

@@ -26,12 +26,14 @@ def _assistant(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
 
-def sft_rows(world: World) -> list[dict]:
-    """Demonstrations (shuffled): every train arithmetic problem and an honest review of every train task."""
-    rng = random.Random(f"sft-{world.seed}")
-    rows = [{"messages": _user(p.prompt) + _assistant(p.solution), "task": "arithmetic"} for p in world.arith_train]
+def sft_rows(world: World, *, held_out: bool = False) -> list[dict]:
+    """Demonstrations (shuffled): every train arithmetic problem and an honest review of every train task;
+    `held_out=True` gives the same kind of rows on the test arithmetic and the eval review tasks."""
+    rng = random.Random(f"sft-{'eval-' if held_out else ''}{world.seed}")
+    arith, reviews = (world.arith_test, world.review_eval) if held_out else (world.arith_train, world.review_train)
+    rows = [{"messages": _user(p.prompt) + _assistant(p.solution), "task": "arithmetic"} for p in arith]
     rows += [{"messages": _user(t.prompt) + _assistant(review_response(t, "honest", rng)), "task": "review"}
-             for t in world.review_train]
+             for t in reviews]
     rng.shuffle(rows)
     return rows
 
