@@ -25,25 +25,25 @@ def cache_dir(*parts: str) -> str:
 
 
 def data_dir() -> str:
-    """The lab world's exported JSONL files, written once per world version."""
+    """The lab world's exported JSONL files, written once per world version (under a file lock)."""
+    import shutil
+
+    from filelock import FileLock
+
     from posttrain.lab.export import export
 
     out = cache_dir("data", f"world-{_version()}-seed{DATA_SEED}")
     marker = os.path.join(out, ".complete")
-    if not os.path.exists(marker):
-        tmp = out + f".tmp{os.getpid()}"
-        export(tmp, seed=DATA_SEED)
-        with open(os.path.join(tmp, ".complete"), "w") as f:
-            f.write(_version())
-        if os.path.exists(marker):  # another process finished first
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            if os.path.isdir(out):
-                import shutil
-
-                shutil.rmtree(out)
+    if os.path.exists(marker):
+        return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with FileLock(out + ".lock"):
+        if not os.path.exists(marker):
+            tmp = out + f".tmp{os.getpid()}"
+            export(tmp, seed=DATA_SEED)
+            with open(os.path.join(tmp, ".complete"), "w") as f:
+                f.write(_version())
+            shutil.rmtree(out, ignore_errors=True)
             os.replace(tmp, out)
     return out
 
@@ -78,9 +78,13 @@ def resolve_model(name: str) -> str:
     from posttrain.core.tiny import build_tiny
 
     if name == "tiny-random":
+        from filelock import FileLock
+
         out = cache_dir("models", f"tiny-random-{_version()}")
-        if not os.path.isdir(out):
-            build_tiny(out, web_corpus(), size="tiny", vocab_size=1024)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with FileLock(out + ".lock"):
+            if not os.path.isdir(out):
+                build_tiny(out, web_corpus(), size="tiny", vocab_size=1024)
         return out
     if name == "tiny":
         from posttrain.lab.pretrain import ensure_base

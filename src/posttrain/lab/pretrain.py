@@ -50,10 +50,16 @@ def pretrain(out_dir: str, *, overrides: list[str] = (), quiet: bool = False) ->
 
 
 def ensure_base() -> str:
-    """The cached base model folder, pretrained on first use."""
+    """The cached base model folder, pretrained on first use (one process at a time builds it)."""
+    from filelock import FileLock
+
     out = base_dir()
-    if not os.path.exists(os.path.join(out, "config.json")):
-        pretrain(out)
+    if os.path.exists(os.path.join(out, "config.json")):
+        return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with FileLock(out + ".lock"):
+        if not os.path.exists(os.path.join(out, "config.json")):
+            pretrain(out)
     return out
 
 
