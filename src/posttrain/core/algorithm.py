@@ -73,7 +73,8 @@ class StepSampler:
     def _perm(self, epoch: int) -> list[int]:
         if epoch not in self._perms:
             if self.shuffle:
-                g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
+                # epoch 0 is torch.randperm(n) under manual_seed(seed): the order TRL's sampler uses
+                g = torch.Generator().manual_seed(self.seed + epoch * 1_000_003)
                 self._perms[epoch] = torch.randperm(self.n, generator=g).tolist()
             else:
                 self._perms[epoch] = list(range(self.n))

@@ -72,8 +72,8 @@ class Engine:
     def _make_optimizer(self):
         c = self.cfg
         betas = tuple(plain(c.adam_betas))
-        kw = {"fused": True} if self.device.type == "cuda" else {}
-        return torch.optim.AdamW(self.params, lr=c.learning_rate, betas=betas, weight_decay=c.weight_decay, **kw)
+        # fused AdamW (one kernel for all parameters) runs on CPU and CUDA; it is transformers' default too
+        return torch.optim.AdamW(self.params, lr=c.learning_rate, betas=betas, weight_decay=c.weight_decay, fused=True)
 
     def _make_scheduler(self):
         from transformers import get_scheduler
