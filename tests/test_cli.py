@@ -1,0 +1,41 @@
+"""The command line: --help lists keys, bad config and bad data give one plain error, data inspect."""
+import json
+
+from posttrain.cli import main
+
+from .core.helpers import sft_overrides, write_sft_jsonl
+
+
+def test_help_lists_every_key_with_default_and_meaning(capsys):
+    assert main(["sft", "--help"]) == 0
+    out = capsys.readouterr().out
+    for key in ("model", "data.train", "data.eval", "output_dir", "max_steps", "save_steps", "seed",
+                "learning_rate", "batch_size", "grad_accum", "max_length", "lora.r", "loss"):
+        assert f"  {key} " in out
+    assert "token loss: nll, dft or unlikelihood" in out
+
+
+def test_unknown_key_is_one_plain_error(capsys):
+    assert main(["sft", "max_step=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'max_step'; did you mean 'max_steps'?" in err and "Traceback" not in err
+
+
+def test_malformed_jsonl_lists_every_bad_row(tiny_model_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    lines = [json.dumps(good), "{not json", json.dumps(good), json.dumps({"messages": "hello"}),
+             json.dumps({"prompt": "only a prompt"})]
+    bad.write_text("\n".join(lines) + "\n")
+    code = main(["sft"] + sft_overrides(tiny_model_dir, str(bad), str(tmp_path / "out")))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"{bad}:2" in err and f"{bad}:4: field 'messages'" in err and f"{bad}:5" in err
+    assert "found str" in err
+
+
+def test_data_inspect_marks_trained_tokens(tiny_model_dir, tmp_path, capsys):
+    data = write_sft_jsonl(tmp_path / "d.jsonl", n=5)
+    assert main(["data", "inspect", f"model={tiny_model_dir}", f"data.train={data}", "n=2"]) == 0
+    out = capsys.readouterr().out
+    assert "[[" in out and "kept 5 rows" in out
