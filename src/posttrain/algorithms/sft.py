@@ -21,7 +21,7 @@ from posttrain.losses.sft import SFT_LOSSES
 class SFTConfig(TrainConfig):
     loss: str = opt("nll", "token loss: nll, dft or unlikelihood")
     unlikelihood_alpha: float = opt(1.0, "weight of the unlikelihood term on negative completions")
-    logits_chunk: int = opt(1024, "positions per chunk of the output head (memory vs speed)")
+    logits_chunk: int = opt(0, "positions per chunk of the output head; 0 = auto (<= 32M logits a chunk)")
 
 
 class SFT(Algorithm):

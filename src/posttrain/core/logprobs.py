@@ -2,8 +2,9 @@
 
 The full `[B, T, V]` float32 logits of a large-vocabulary model are the biggest tensor of a training
 step (8 x 512 x 152k x 4 bytes = 2.5 GB). Here the decoder runs once, and the output head is applied to
-`chunk_size` positions at a time inside activation checkpointing, so the backward pass recomputes each
-chunk's logits instead of keeping them: peak memory holds one chunk of logits, never all of them.
+a chunk of positions at a time inside activation checkpointing, so the backward pass recomputes each
+chunk's logits instead of keeping them: peak memory holds one chunk of logits (at most 128 MiB by
+default), never all of them. Small vocabularies fit in one chunk and skip the recomputation.
 """
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ def _chunk_logps(head, hidden: Tensor, targets: Tensor, softcap: float | None, t
     return logps, entropy
 
 
+LOGITS_PER_CHUNK = 1 << 25  # 32M float32 logits = 128 MiB per chunk when chunk_size is 0 (auto)
+
+
+def auto_chunk(vocab_size: int) -> int:
+    """Positions per chunk so one chunk's float32 logits stay under `LOGITS_PER_CHUNK` elements."""
+    return max(1, LOGITS_PER_CHUNK // max(1, vocab_size))
+
+
 def hidden_states(model, input_ids: Tensor, attention_mask: Tensor | None = None,
                   position_ids: Tensor | None = None) -> Tensor:
     """Final (normed) hidden states `[B, T, H]` of a causal LM, PEFT-wrapped or not."""
@@ -38,19 +47,25 @@ def hidden_states(model, input_ids: Tensor, attention_mask: Tensor | None = None
     return out.last_hidden_state
 
 
-def logps_from_hidden(model, hidden: Tensor, input_ids: Tensor, *, chunk_size: int = 1024,
+def logps_from_hidden(model, hidden: Tensor, input_ids: Tensor, *, chunk_size: int = 0,
                       temperature: float = 1.0, with_entropy: bool = False) -> tuple[Tensor, Tensor]:
-    """Token-aligned `(logps [B, T], entropy [B, T])` from hidden states; position 0 is 0."""
+    """Token-aligned `(logps [B, T], entropy [B, T])` from hidden states; position 0 is 0.
+
+    `chunk_size` positions of the flattened batch go through the head at a time (0 = `auto_chunk`). With
+    more than one chunk and gradients on, each chunk is recomputed in the backward pass (activation
+    checkpointing), so only one chunk's logits are alive at a time; a single chunk is not recomputed.
+    """
     head = model.get_output_embeddings()
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     b, t, h = hidden.shape
     flat_h = hidden[:, :-1].reshape(-1, h)
     flat_y = input_ids[:, 1:].reshape(-1)
     pieces_lp, pieces_ent = [], []
-    step = max(1, chunk_size)  # positions per chunk, over the flattened batch
+    step = chunk_size if chunk_size > 0 else auto_chunk(head.weight.shape[0])  # positions per chunk
+    recompute = torch.is_grad_enabled() and flat_h.requires_grad and flat_h.shape[0] > step
     for s in range(0, flat_h.shape[0], step):
         args = (head, flat_h[s:s + step], flat_y[s:s + step], softcap, temperature, with_entropy)
-        if torch.is_grad_enabled() and flat_h.requires_grad:
+        if recompute:
             lp, ent = checkpoint(_chunk_logps, *args, use_reentrant=False)
         else:
             lp, ent = _chunk_logps(*args)
@@ -63,7 +78,7 @@ def logps_from_hidden(model, hidden: Tensor, input_ids: Tensor, *, chunk_size: i
 
 
 def token_logps(model, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
-                *, chunk_size: int = 1024, temperature: float = 1.0, with_entropy: bool = False):
+                *, chunk_size: int = 0, temperature: float = 1.0, with_entropy: bool = False):
     """`logps[:, t] = log p(input_ids[:, t] | input_ids[:, :t])` as float32 `[B, T]`, `logps[:, 0] = 0`.
 
     With `with_entropy=True` returns `(logps, entropy)`, entropy of the next-token distribution that
