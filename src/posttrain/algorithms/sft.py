@@ -41,6 +41,11 @@ class SFT(Algorithm):
         self.engine = engine
         self.pad_id = engine.tokenizer.pad_token_id
         self.collate = pack_collate if self.cfg.data.packing else pad_collate
+        if self.cfg.data.packing:
+            from posttrain.core.varlen_attention import use_varlen
+
+            if use_varlen(engine.model):
+                engine.say("packing: attention runs per packed row (sdpa_varlen), no cross-row attention")
         self.examples, stats = self._build(self.cfg.data.train, "train")
         if self.cfg.loss == "unlikelihood" and not any(e.negative for e in self.examples):
             raise ValueError("loss=unlikelihood needs negative completions: rows with a `rejected` column or "

@@ -1,0 +1,79 @@
+"""Padding-free attention for packed rows on any device: `attn_implementation="sdpa_varlen"`.
+
+A packed batch is one row `[1, N]` holding several sequences whose position ids restart at 0, with no
+attention mask. transformers' `sdpa` turns that into an `[N, N]` block-diagonal mask, so attention costs
+N^2 for all rows together (and the mask N^2 memory). Here the row is split at every position-id restart
+and each sequence runs causal SDPA on its own: cost sum(n_i^2), no mask is built, and nothing attends
+across rows. Every other call (a padded batch, generation with a KV cache) goes to the standard `sdpa`
+path unchanged, so the same model still generates. Flash-attention varlen kernels do the same on GPUs;
+this is the CPU (and any-device) version.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NAME = "sdpa_varlen"
+
+
+def segment_bounds(position_ids: torch.Tensor) -> list[tuple[int, int]]:
+    """[(start, end), ...] of the sequences in one packed row: a new one wherever position ids do not
+    continue by +1."""
+    pos = position_ids.reshape(-1)
+    starts = [0] + (torch.nonzero(pos[1:] != pos[:-1] + 1).flatten() + 1).tolist()
+    ends = starts[1:] + [pos.numel()]
+    return list(zip(starts, ends))
+
+
+def _packed(attention_mask, query, key, kwargs) -> bool:
+    return (attention_mask is None and query.shape[0] == 1 and query.shape[2] == key.shape[2]
+            and kwargs.get("position_ids") is not None)
+
+
+def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """AttentionInterface function: query/key/value `[1, H, N, D]` -> output `[1, N, H, D]`."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if not _packed(attention_mask, query, key, kwargs):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    gqa = query.shape[1] != key.shape[1]
+    outs = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,
+                                           dropout_p=dropout, scale=scaling, enable_gqa=gqa)
+            for s, e in segment_bounds(kwargs["position_ids"])]
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def varlen_mask(batch_size: int, q_length: int, kv_length: int, *args, attention_mask=None, **kwargs):
+    """AttentionMaskInterface function: no mask for a single unpadded row (the attention function
+    splits it by position ids); the standard `sdpa` mask otherwise."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None and batch_size == 1 and q_length == kv_length:
+        return None
+    return sdpa_mask(batch_size, q_length, kv_length, *args, attention_mask=attention_mask, **kwargs)
+
+
+def register() -> str:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, varlen_sdpa_forward)
+    AttentionMaskInterface.register(NAME, varlen_mask)
+    return NAME
+
+
+def supports_varlen(model) -> bool:
+    """True for models whose attention is plain causal (no sliding window or chunked attention)."""
+    cfg = model.config
+    return not (getattr(cfg, "sliding_window", None) or getattr(cfg, "attention_chunk_size", None)
+                or getattr(cfg, "layer_types", None) and any(t != "full_attention" for t in cfg.layer_types))
+
+
+def use_varlen(model) -> bool:
+    """Switch `model` to `sdpa_varlen` when it is on sdpa and plainly causal; returns whether it did."""
+    if model.config._attn_implementation not in ("sdpa", NAME) or not supports_varlen(model):
+        return False
+    register()
+    model.set_attn_implementation(NAME)
+    return True
