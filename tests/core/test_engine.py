@@ -104,3 +104,11 @@ def test_resume_from_checkpoint_matches_uninterrupted(tiny_model_dir, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(x)["step"] for x in open(tmp_path / "b" / "out" / "metrics.jsonl")]
     assert steps == list(range(1, 7))
+
+
+def test_packing_gives_the_padded_batch_gradient(tiny_model_dir, tmp_path):
+    loss_a, a = _step_grads(_cfg(tiny_model_dir, tmp_path, batch_size=6))
+    loss_b, b = _step_grads(_cfg(tiny_model_dir, tmp_path, batch_size=6, **{"data.packing": "true"}))
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], atol=1e-6, rtol=1e-4)
