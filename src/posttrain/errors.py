@@ -13,4 +13,11 @@ def _data_error():
     return (DataError,)
 
 
-USER_ERRORS = (ConfigError, CheckpointError, TrainingAborted, ModelLoadError, FileNotFoundError) + _data_error()
+def _reward_error():
+    from posttrain.rewards.base import RewardSpecError
+
+    return (RewardSpecError,)
+
+
+USER_ERRORS = (ConfigError, CheckpointError, TrainingAborted, ModelLoadError, FileNotFoundError) + _data_error() \
+    + _reward_error()

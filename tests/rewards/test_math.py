@@ -92,3 +92,13 @@ def test_exact_match():
             ("\\boxed{\\frac{1}{2}}", "0.5"), ("no final answer", "7"), ("#### 7", None)]
     assert em(["p"] * len(rows), [c for c, _ in rows], answer=[a for _, a in rows]) == [1.0, 1.0, 1.0, 0.0, 0.0, None]
     assert normalize_answer(" $\\text{Yes}$. ") == "yes"
+
+
+def test_last_number_fallback_only_when_asked():
+    from posttrain.rewards.math import MathReward
+
+    strict, loose = MathReward(), MathReward(last_number=True)
+    comps = ["17 + 25 = 42", "The answer is 1,000.", "no number", "#### 41 then 42"]
+    answers = ["42", "1000", "3", "42"]
+    assert strict(["q"] * 4, comps, answer=answers) == [0.0, 0.0, 0.0, 0.0]
+    assert loose(["q"] * 4, comps, answer=answers) == [1.0, 1.0, 0.0, 0.0]

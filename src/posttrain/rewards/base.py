@@ -99,6 +99,10 @@ class CombinedReward:
         return self.score(prompts, completions, **columns).total
 
 
+class RewardSpecError(ValueError):
+    """A reward spec cannot be resolved (unknown name, missing module or file, wrong signature)."""
+
+
 class FunctionReward:
     """A plain function ``f(prompts, completions, **columns)`` as a ``RewardFn``; output checked."""
 
@@ -133,23 +137,23 @@ def _import_target(target: str, spec: str):
     if _is_file_spec(target):
         path = Path(target).expanduser().resolve()
         if not path.is_file():
-            raise ValueError(f"reward {spec!r}: file {str(path)!r} does not exist")
+            raise RewardSpecError(f"reward {spec!r}: file {str(path)!r} does not exist")
         module_name = f"posttrain_user_reward_{abs(hash(str(path)))}"
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         if module_spec is None or module_spec.loader is None:
-            raise ValueError(f"reward {spec!r}: cannot load {str(path)!r} as a Python module")
+            raise RewardSpecError(f"reward {spec!r}: cannot load {str(path)!r} as a Python module")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module
         try:
             module_spec.loader.exec_module(module)
         except Exception as exc:
             del sys.modules[module_name]
-            raise ValueError(f"reward {spec!r}: importing {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
+            raise RewardSpecError(f"reward {spec!r}: importing {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
         return module
     try:
         return importlib.import_module(target)
     except ImportError as exc:
-        raise ValueError(f"reward {spec!r}: cannot import module {target!r}: {exc}") from exc
+        raise RewardSpecError(f"reward {spec!r}: cannot import module {target!r}: {exc}") from exc
 
 
 def _check_signature(fn: Callable, spec: str) -> None:
@@ -160,7 +164,7 @@ def _check_signature(fn: Callable, spec: str) -> None:
     try:
         sig.bind(["prompt"], ["completion"], **{"__posttrain_probe_column": []})
     except TypeError:
-        raise ValueError(f"reward {spec!r}: {getattr(fn, '__name__', fn)!r} must accept "
+        raise RewardSpecError(f"reward {spec!r}: {getattr(fn, '__name__', fn)!r} must accept "
                          "(prompts, completions, **columns); its signature is " f"{sig}") from None
 
 
@@ -173,28 +177,28 @@ def load_reward(spec: str, **kwargs) -> RewardFn:
     passed to every call). Errors name the spec.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"reward spec must be a non-empty string, got {spec!r}")
+        raise RewardSpecError(f"reward spec must be a non-empty string, got {spec!r}")
     spec = spec.strip()
     if ":" not in spec:
         factory = _builtin(spec)
         if factory is None:
-            raise ValueError(f"unknown reward {spec!r}: built-ins are {', '.join(BUILTIN_REWARDS)}; "
+            raise RewardSpecError(f"unknown reward {spec!r}: built-ins are {', '.join(BUILTIN_REWARDS)}; "
                              "a user reward is 'package.module:function' or 'path/to/file.py:function'")
         try:
             return factory(**kwargs)
         except TypeError as exc:
-            raise ValueError(f"reward {spec!r}: bad arguments {sorted(kwargs)}: {exc}") from exc
+            raise RewardSpecError(f"reward {spec!r}: bad arguments {sorted(kwargs)}: {exc}") from exc
     target, _, attr = spec.rpartition(":")
     if not target or not attr.isidentifier():
-        raise ValueError(f"reward {spec!r}: expected 'module:function' or 'file.py:function'")
+        raise RewardSpecError(f"reward {spec!r}: expected 'module:function' or 'file.py:function'")
     obj = getattr(_import_target(target, spec), attr, None)
     if obj is None:
-        raise ValueError(f"reward {spec!r}: {target!r} has no attribute {attr!r}")
+        raise RewardSpecError(f"reward {spec!r}: {target!r} has no attribute {attr!r}")
     if inspect.isclass(obj):
         obj = obj(**kwargs)
         kwargs = {}
     if not callable(obj):
-        raise ValueError(f"reward {spec!r}: {attr!r} is a {type(obj).__name__}, not callable")
+        raise RewardSpecError(f"reward {spec!r}: {attr!r} is a {type(obj).__name__}, not callable")
     if inspect.isfunction(obj) or inspect.ismethod(obj) or kwargs:
         _check_signature(obj, spec)
         return FunctionReward(obj, getattr(obj, "name", None) or attr, **kwargs)

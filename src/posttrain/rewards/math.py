@@ -74,9 +74,12 @@ def _answers(columns: dict, n: int, reward: str) -> list:
 class MathReward:
     name = "math"
 
-    def __init__(self, *, timeout: float = 5.0, workers: int = 1):
-        """``timeout``: seconds per row; ``workers``: verifier processes (shared per process)."""
+    def __init__(self, *, timeout: float = 5.0, workers: int = 1, last_number: bool = False):
+        """``timeout``: seconds per row; ``workers``: verifier processes (shared per process);
+        ``last_number``: with no tagged, boxed or ``####`` answer, take the completion's last number
+        (lm-eval's "flexible extract"; lets a model that never learnt the format score)."""
         self.timeout = float(timeout)
+        self.last_number = last_number
         self.pool = shared_pool("posttrain.rewards.math_check:answers_match", workers)
 
     def score_one(self, completion: str, answer) -> float | None:
@@ -84,6 +87,9 @@ class MathReward:
         if gold is None:
             return None
         predicted = extract_final_answer(completion)
+        if predicted is None and self.last_number:
+            numbers = _ANY_NUMBER.findall(completion)
+            predicted = numbers[-1].replace(",", "") if numbers else None
         if predicted is None:
             return 0.0
         status, value = self.pool.call([gold, predicted], self.timeout)
@@ -97,6 +103,7 @@ class MathReward:
 
 
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+_ANY_NUMBER = re.compile(r"[+-]?\d[\d,]*(?:\.\d+)?")
 
 
 def normalize_answer(text: str) -> str:
