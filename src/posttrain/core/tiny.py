@@ -35,13 +35,19 @@ SIZES = {
 }
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024):
-    """A byte-level BPE tokenizer trained on `corpus`, with a ChatML chat template, eos `<|im_end|>`, pad `<|pad|>`."""
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024, *, split_digits: bool = True):
+    """A byte-level BPE tokenizer trained on `corpus`, with a ChatML chat template, eos `<|im_end|>`, pad `<|pad|>`.
+
+    `split_digits` makes every digit its own token (as Llama 3, Qwen and DeepSeek tokenizers do), so a tiny
+    model learns carrying digit by digit instead of memorising each two-digit number as one token.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())

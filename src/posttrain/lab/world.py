@@ -15,7 +15,7 @@ from .arithmetic import ArithmeticProblem, arithmetic_splits
 from .facts import Fact, facts_splits
 from .review import ReviewTask, review_splits
 
-WORLD_VERSION = "2"
+WORLD_VERSION = "3"
 
 
 @dataclass(frozen=True)
