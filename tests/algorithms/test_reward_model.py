@@ -99,7 +99,9 @@ def test_lora_trains_the_head_and_adapter_folder_round_trips(tiny_model_dir, tmp
     live = RewardModel(eng.model, eng.tokenizer)(prompts, completions)
     loaded = RewardModel.from_pretrained(str(tmp_path / "out" / "final"))(prompts, completions)
     assert loaded == pytest.approx(live, abs=1e-5)
-    assert RewardModel(eng.model, eng.tokenizer)(["p"], [""]) == [None]   # cannot score: None, never 0
+    live = RewardModel(eng.model, eng.tokenizer, max_length=32)
+    empty = live([prompts[0], "p", "word " * 40], ["", " ", "fine"])      # an empty answer is scored
+    assert all(isinstance(x, float) for x in empty[:2]) and empty[2] is None   # prompt too long: None, never 0
 
 
 def test_engine_without_a_scalar_head_says_how_to_build_it(tiny_model_dir, tmp_path):

@@ -25,7 +25,7 @@ from posttrain.config import DataConfig, TrainConfig, opt
 from posttrain.core.algorithm import Algorithm, StepSampler
 from posttrain.data.preference import load_preference_examples, preference_collate, response_collate
 from posttrain.losses.preference import bradley_terry_loss
-from posttrain.rewards.reward_model import _SequenceClassifier, sequence_rewards
+from posttrain.rewards.reward_model import SequenceClassifier, sequence_rewards
 
 
 @dataclass
@@ -48,7 +48,7 @@ def load_reward_model(cfg: RewardModelConfig):
     from posttrain.core.models import apply_lora, load_model
 
     set_seed(cfg.seed)  # the new head's initialisation
-    model, tok = load_model(replace(cfg, lora=replace(cfg.lora, r=0)), auto_class=_SequenceClassifier)
+    model, tok = load_model(replace(cfg, lora=replace(cfg.lora, r=0)), auto_class=SequenceClassifier)
     if cfg.lora.r > 0:
         model = apply_lora(model, cfg.lora, task_type="SEQ_CLS")
     return model, tok
@@ -68,7 +68,7 @@ class RewardModelTrainer(Algorithm):
         self.eval_examples, self.last_eval, self.step = [], None, 0
 
     def setup(self, engine) -> None:
-        sequence_rewards_head_check(engine.model)
+        _check_scalar_head(engine.model)
         c = self.cfg
         self.engine, self.pad_id = engine, engine.tokenizer.pad_token_id
         self.examples, stats = load_preference_examples(c.data.train, engine.tokenizer, max_length=c.max_length,
@@ -154,7 +154,7 @@ class RewardModelTrainer(Algorithm):
                        f"reward~length spearman {m['length_spearman']:.3f} -> {path}")
 
 
-def sequence_rewards_head_check(model) -> None:
+def _check_scalar_head(model) -> None:
     """Fail early, naming the fix, when the engine was given a causal LM instead of a sequence classifier."""
     from posttrain.rewards.reward_model import score_head
 

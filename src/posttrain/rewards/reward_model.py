@@ -11,14 +11,17 @@ Scoring: prompt + completion is encoded exactly as in training (`data.preference
 the chat template for message prompts, plain concatenation + eos for text prompts), the sequence ends
 at the completion's last token, and the reward is the scalar head applied to the final hidden state
 of that token (the last non-pad token of a right-padded batch). Completions are scored in batches,
-sorted by length to keep padding small; the scores come back in input order. A pair that cannot be
-encoded (an empty completion, or a prompt longer than `max_length`) scores None, as the `RewardFn`
-contract asks; a completion too long for `max_length` loses its tail and is scored.
+sorted by length to keep padding small; the scores come back in input order. An empty completion is
+scored as the prompt followed by the end of the turn (an empty answer is an answer, and a policy must
+not escape the reward by saying nothing). A pair that cannot be encoded (a prompt longer than
+`max_length`) scores None, as the `RewardFn` contract asks; a completion too long for `max_length`
+loses its tail and is scored.
 """
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Sequence
 
 import torch
@@ -46,26 +49,42 @@ def sequence_rewards(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor
     return score_head(model)(h).squeeze(-1).float()
 
 
-class _SequenceClassifier:
-    """`from_pretrained` of `AutoModelForSequenceClassification` with one label (a `load_model` auto_class)."""
+class SequenceClassifier:
+    """`from_pretrained` of `AutoModelForSequenceClassification` with one label (a `load_model` auto_class).
+
+    From a causal LM checkpoint the head is new and the LM head unused: expected, so transformers' load
+    report is silenced; any OTHER weight missing from the checkpoint is warned about by name.
+    """
 
     @staticmethod
     def from_pretrained(src, **kwargs):
         from transformers import AutoModelForSequenceClassification
+        from transformers.utils import logging as hf_logging
 
-        return AutoModelForSequenceClassification.from_pretrained(src, num_labels=1, **kwargs)
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(src, num_labels=1,
+                                                                             output_loading_info=True, **kwargs)
+        finally:
+            hf_logging.set_verbosity(level)
+        missing = [k for k in info["missing_keys"] if not k.split(".")[0] in ("score", "classifier")]
+        if missing:
+            warnings.warn(f"{src}: {len(missing)} weights missing from the checkpoint, initialised at random: "
+                          f"{missing[:8]}", stacklevel=2)
+        return model
 
 
 def load_scalar_model(path: str, *, dtype=torch.float32, trust_remote_code: bool = False):
     """The reward model in `path`: a sequence classifier, or a PEFT SEQ_CLS adapter (merged on load)."""
     adapter = os.path.join(path, "adapter_config.json")
     if not os.path.exists(adapter):
-        return _SequenceClassifier.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        return SequenceClassifier.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
     from peft import PeftModel
 
     with open(adapter) as f:
         base_path = json.load(f)["base_model_name_or_path"]
-    base = _SequenceClassifier.from_pretrained(base_path, dtype=dtype, trust_remote_code=trust_remote_code)
+    base = SequenceClassifier.from_pretrained(base_path, dtype=dtype, trust_remote_code=trust_remote_code)
     return PeftModel.from_pretrained(base, path).merge_and_unload()
 
 
@@ -110,8 +129,27 @@ class RewardModel:
 
         try:
             return encode_response(prompt, completion, self.tokenizer, max_length=self.max_length)
-        except Drop:
-            return None
+        except Drop as d:
+            empty = d.reason == "empty completion" and isinstance(completion, str)
+            return self._encode_empty(prompt) if empty else None
+
+    def _encode_empty(self, prompt):
+        """An empty answer is still an answer: prompt + end of turn (messages) or prompt + eos (text)."""
+        from posttrain.data.masks import encode_conversation
+        from posttrain.data.preference import Response
+
+        tok = self.tokenizer
+        if isinstance(prompt, str):
+            ids = list(tok(prompt)["input_ids"]) + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+            mask = [0] * (len(ids) - 1) + [1]
+        else:
+            ids, mask = encode_conversation(tok, prompt + [{"role": "assistant", "content": ""}],
+                                            train_from=len(prompt))
+            if not any(mask):
+                return None
+            end = max(i for i, m in enumerate(mask) if m) + 1
+            ids, mask = ids[:end], mask[:end]
+        return Response(ids, mask) if len(ids) <= self.max_length else None
 
     @torch.no_grad()
     def score_responses(self, responses: Sequence) -> list[float]:
