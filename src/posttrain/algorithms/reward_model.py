@@ -19,8 +19,6 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 
-import torch
-
 from posttrain.config import DataConfig, TrainConfig, opt
 from posttrain.core.algorithm import Algorithm, StepSampler
 from posttrain.data.preference import load_preference_examples, preference_collate, response_collate
