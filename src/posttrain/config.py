@@ -145,15 +145,17 @@ def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, meaning) for every field of `cls`, nested dataclasses expanded."""
+def describe(cls_or_obj: Any, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, meaning) for every field, nested dataclasses expanded. Defaults are read
+    from a default instance, so a trainer that overrides a nested default (e.g. `data.train`) shows its own."""
+    obj = cls_or_obj() if isinstance(cls_or_obj, type) else cls_or_obj
     rows = []
-    for f in fields(cls):
-        default = f.default_factory() if f.default_factory is not MISSING else f.default
-        if is_dataclass(default):
-            rows += describe(type(default), f"{prefix}{f.name}.")
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            rows += describe(value, f"{prefix}{f.name}.")
         else:
-            rows.append((f"{prefix}{f.name}", repr(default), f.metadata.get("help", "")))
+            rows.append((f"{prefix}{f.name}", repr(value), f.metadata.get("help", "")))
     return rows
 
 

@@ -15,4 +15,17 @@ from posttrain.rewards.base import (
 )
 
 __all__ = ["BUILTIN_REWARDS", "CombinedReward", "FunctionReward", "RewardFn", "RewardOutput", "check_scores",
-           "load_reward"]
+           "load_reward", "RewardModel", "Judge"]
+
+
+def __getattr__(name: str):
+    """`RewardModel` and `Judge` import torch and transformers, so they load on first use."""
+    if name == "RewardModel":
+        from posttrain.rewards.reward_model import RewardModel
+
+        return RewardModel
+    if name == "Judge":
+        from posttrain.rewards.judge import Judge
+
+        return Judge
+    raise AttributeError(f"module 'posttrain.rewards' has no attribute {name!r}")
