@@ -122,11 +122,14 @@ class Engine:
             with self.accelerator.autocast():
                 loss, metrics = self.algo.loss(self.model, m, num_items)
             loss.backward()
-            loss_sum += float(loss.detach())
+            loss_sum = loss_sum + loss.detach()
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else float(v))
         keys = sorted(sums)
-        reduced = _all_reduce([loss_sum] + [sums[k] / len(micros) for k in keys])
+        # one host transfer for all metrics of the step (a GPU sync per metric would stall the stream)
+        values = torch.stack([torch.as_tensor(x, dtype=torch.float32, device=self.device).reshape(())
+                              for x in [loss_sum] + [sums[k] for k in keys]]).tolist()
+        reduced = _all_reduce([values[0]] + [v / len(micros) for v in values[1:]])
         out = {"loss": reduced[0], **{k: v / self.world for k, v in zip(keys, reduced[1:])}}
         out["tokens"] = tokens
         return out
