@@ -68,7 +68,7 @@ class PPOConfig(TrainConfig):
     cliprange_value: float = opt(0.2, "value clip around the values at collection time")
     vf_coef: float = opt(0.1, "weight of the value loss")
     gamma: float = opt(1.0, "GAE discount")
-    lam: float = opt(0.95, "GAE lambda")
+    lam: float = opt(0.95, "GAE lambda; 1.0 = Monte-Carlo returns (no length bias while the critic is untrained)")
     kl_ctl: str = opt("fixed", "KL coefficient control: fixed or adaptive (Ziegler et al. 2019)")
     init_kl_coef: float = opt(0.05, "KL penalty coefficient beta (initial value when adaptive)")
     target_kl: float = opt(6.0, "adaptive: target KL per completion (nats)")
