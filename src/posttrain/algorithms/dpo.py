@@ -42,7 +42,7 @@ class DPOConfig(TrainConfig):
     precompute_ref: bool = opt(False, "compute reference log-probs once before training and free the reference "
                                       "copy (no reference forward per step)")
     drop_truncated: bool = opt(False, "drop rows longer than max_length instead of cutting the responses' tails")
-    logits_chunk: int = opt(1024, "positions per chunk of the output head (memory vs speed)")
+    logits_chunk: int = opt(0, "positions per chunk of the output head; 0 = auto (<= 32M logits a chunk)")
 
 
 CONFIG = DPOConfig

@@ -76,7 +76,7 @@ class GRPOConfig(TrainConfig):
     generation_batch_size: int = opt(64, "sequences decoded together (hf backend)")
     eval_temperature: float = opt(0.0, "evaluation sampling temperature on data.eval (0 = greedy)")
     sample_steps: int = opt(10, "write OUT/samples/step-N.jsonl (prompt, completion, reward) every N steps; 0 = off")
-    logits_chunk: int = opt(1024, "positions per chunk of the output head (memory vs speed)")
+    logits_chunk: int = opt(0, "positions per chunk of the output head; 0 = auto (<= 32M logits a chunk)")
 
 
 CONFIG = GRPOConfig
