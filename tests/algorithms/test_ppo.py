@@ -55,7 +55,7 @@ def test_loss_runs_params_move_and_value_loss_falls(tiny_model_dir):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     head = attach_value_head(model)
-    ids = torch.randint(5, 500, (4, 12))
+    ids = torch.randint(5, model.config.vocab_size, (4, 12))
     attn = torch.ones_like(ids)
     mask = torch.zeros(4, 12)
     mask[:, 6:] = 1.0
