@@ -76,7 +76,7 @@ class PPOConfig(TrainConfig):
     kl_estimator: str = opt("k1", "per-token KL in the reward: k1 (InstructGPT) or k3")
     missing_eos_penalty: Any = opt(None, "subtracted from the score of a completion without EOS; null = none")
     whiten_advantages: bool = opt(True, "whiten advantages over the round")
-    logits_chunk: int = opt(1024, "positions per chunk of the output head (memory vs speed)")
+    logits_chunk: int = opt(0, "positions per chunk of the output head; 0 = auto (<= 32M logits a chunk)")
 
 
 CONFIG = PPOConfig
