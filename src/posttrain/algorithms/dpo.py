@@ -24,7 +24,7 @@ import torch
 from posttrain.config import DataConfig, TrainConfig, opt
 from posttrain.core.algorithm import Algorithm, StepSampler
 from posttrain.core.logprobs import token_logps
-from posttrain.data.preference import load_preference_examples, preference_collate, response_collate
+from posttrain.data.preference import load_preference_splits, preference_collate, response_collate
 from posttrain.losses.preference import DPO_LOSSES
 
 REFERENCE_FREE = {"simpo"}
@@ -82,14 +82,7 @@ class DPO(Algorithm):
 
         c = self.cfg
         self.engine, self.pad_id = engine, engine.tokenizer.pad_token_id
-        self.examples, stats = load_preference_examples(c.data.train, engine.tokenizer, max_length=c.max_length,
-                                                        drop_truncated=c.drop_truncated)
-        engine.say(f"train preference rows: {stats.summary()}")
-        if c.data.eval:
-            self.eval_examples, ev = load_preference_examples(c.data.eval, engine.tokenizer, max_length=c.max_length,
-                                                              drop_truncated=c.drop_truncated,
-                                                              max_rows=c.data.max_eval_rows)
-            engine.say(f"eval preference rows: {ev.summary()}")
+        self.examples, self.eval_examples = load_preference_splits(c, engine.tokenizer, engine.say)
         if self.needs_ref:
             self.ref = Reference(engine.model)
             if c.precompute_ref:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from posttrain.config import DataConfig, TrainConfig, opt
 from posttrain.core.algorithm import Algorithm, StepSampler
-from posttrain.data.preference import load_preference_examples, preference_collate, response_collate
+from posttrain.data.preference import load_preference_splits, preference_collate, response_collate
 from posttrain.losses.preference import bradley_terry_loss
 from posttrain.rewards.reward_model import SequenceClassifier, sequence_rewards
 
@@ -69,14 +69,7 @@ class RewardModelTrainer(Algorithm):
         _check_scalar_head(engine.model)
         c = self.cfg
         self.engine, self.pad_id = engine, engine.tokenizer.pad_token_id
-        self.examples, stats = load_preference_examples(c.data.train, engine.tokenizer, max_length=c.max_length,
-                                                        drop_truncated=c.drop_truncated)
-        engine.say(f"train preference rows: {stats.summary()}")
-        if c.data.eval:
-            self.eval_examples, ev = load_preference_examples(c.data.eval, engine.tokenizer, max_length=c.max_length,
-                                                              drop_truncated=c.drop_truncated,
-                                                              max_rows=c.data.max_eval_rows)
-            engine.say(f"eval preference rows: {ev.summary()}")
+        self.examples, self.eval_examples = load_preference_splits(c, engine.tokenizer, engine.say)
         self.sampler = StepSampler(len(self.examples), c.batch_size, c.grad_accum, c.seed, engine.rank, engine.world)
 
     def micro_batches(self, step: int):

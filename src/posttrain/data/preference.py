@@ -211,3 +211,17 @@ def load_preference_examples(spec, tokenizer, *, max_length: int, drop_truncated
     if max_rows is not None and max_rows < len(rows):
         rows = rows.subset(range(max_rows))
     return build_preference_examples(rows, tokenizer, max_length=max_length, drop_truncated=drop_truncated)
+
+
+def load_preference_splits(cfg, tokenizer, say) -> tuple[list[PreferenceExample], list[PreferenceExample]]:
+    """Train and held-out examples of a trainer config (`data.train`, `data.eval`, `max_length`,
+    `drop_truncated`, `data.max_eval_rows`); each split's stats go to `say`."""
+    train, stats = load_preference_examples(cfg.data.train, tokenizer, max_length=cfg.max_length,
+                                            drop_truncated=cfg.drop_truncated)
+    say(f"train preference rows: {stats.summary()}")
+    held_out = []
+    if cfg.data.eval:
+        held_out, ev = load_preference_examples(cfg.data.eval, tokenizer, max_length=cfg.max_length,
+                                                drop_truncated=cfg.drop_truncated, max_rows=cfg.data.max_eval_rows)
+        say(f"eval preference rows: {ev.summary()}")
+    return train, held_out
