@@ -122,8 +122,9 @@ def test_any_template_bpe_merge_across_the_boundary(tok):
     plain = with_template(tok, "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
                                "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}")
     [e] = encode_sft_row({"messages": [U1, A1, U2, A2]}, plain, max_length=256)
-    # ' 2' is one token spanning the template's space and the content: it is trained; the turn's '\n' too
-    assert trained_runs(tok, e) == [" 2 + 3 = 5.\n", " the answer is 7\n"]
+    # ' the' is one token spanning the template's space and the content: it is trained; the turn's '\n' too
+    # (digits are split, so ' 2' is ' ' + '2' and only '2' is trained)
+    assert trained_runs(tok, e) == ["2 + 3 = 5.\n", " the answer is 7\n"]
 
 
 def test_template_whose_prefixes_render_differently(tok):
@@ -158,4 +159,4 @@ def test_tokenizer_without_offsets_uses_prefix_token_counts(tok):
     merging = with_template(slow, "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
                                   "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}")
     with pytest.raises(ValueError, match="tokenises a prefix of the conversation differently"):
-        encode_sft_row({"messages": [U1, A1]}, merging, max_length=256)
+        encode_sft_row({"messages": [U2, A2]}, merging, max_length=256)  # ' the' merges across the boundary

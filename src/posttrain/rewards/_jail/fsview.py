@@ -78,7 +78,7 @@ def _build_view(disk_bytes: int, prefix: str, scratch: str) -> None:
     masked = [m for m in MASKED if os.path.isdir(m) and not os.path.islink(m)]
     for top in masked:
         confine.mount_tmpfs(top, 1 << 16, 0o755)
-    if any(_under(prefix, top) for top in masked):
+    if any(_under(prefix, top) for top in [*masked, "/tmp"]):  # hidden by a tmpfs: bind it back
         os.makedirs(prefix, 0o755, exist_ok=True)
         confine.bind_readonly(hold, prefix)
     os.mkdir(scratch, 0o700)

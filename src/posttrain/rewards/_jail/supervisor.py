@@ -32,9 +32,13 @@ sys.modules["runner"].main()
 """
 
 
+# Read at import, before the supervisor confines itself: the package may live under a folder the
+# confined view hides or replaces (a checkout under /tmp, /root or /home).
+_RUNNER_SOURCES = [(name, (_HERE / f"{name}.py").read_text()) for name in ("wire", "runner")]
+
+
 def runner_command(python: str) -> list[str]:
-    sources = [(name, (_HERE / f"{name}.py").read_text()) for name in ("wire", "runner")]
-    return [python, "-I", "-S", "-B", "-c", _BOOT.format(sources=sources)]
+    return [python, "-I", "-S", "-B", "-c", _BOOT.format(sources=_RUNNER_SOURCES)]
 
 
 def _rlimits(limits: dict, mode: str) -> dict[str, int]:
