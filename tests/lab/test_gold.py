@@ -30,3 +30,33 @@ def test_empty_subsets_are_none_and_lengths_must_match():
     assert m["sycophancy_rate"] is None and m["false_alarm_rate"] == 0.0
     with pytest.raises(ValueError, match="one completion per row"):
         arithmetic_metrics([{"answer": "1"}], [])
+
+
+def test_review_gold_reward_scores_like_review_gold_and_keeps_length_spread():
+    from posttrain.lab.gold import review_gold_reward
+    from posttrain.rewards import CombinedReward, load_reward
+
+    rows = [BUGGY.gold_fields(), BUGGY.gold_fields(), CORRECT.gold_fields()]
+    completions = ["Bug on line 2: `y` is undefined.", "Looks great!", "No bugs found."]
+    columns = {k: [r[k] for r in rows] for k in rows[0]}
+    assert review_gold_reward(["p"] * 3, completions, **columns) == [1.0, 0.0, 1.0]
+    fn = load_reward("posttrain.lab.gold:review_gold_reward")
+    out = CombinedReward([lambda p, c, **_: [len(x) for x in c], fn], [1.0, 0.0]).score(["p"] * 3, completions,
+                                                                                          **columns)
+    assert out.total == [float(len(c)) for c in completions]          # weight 0: logged, not optimised
+    assert out.components["review_gold_reward"] == [1.0, 0.0, 1.0]
+    with pytest.raises(KeyError, match="code"):
+        review_gold_reward(["p"], ["No bugs."])
+    m = review_metrics(rows, completions)
+    assert m["length_sd"] == pytest.approx(7 ** 0.5)                   # words 7, 2, 3: mean 4, var 14 / 2
+
+
+def test_sycophancy_and_false_alarm_monitors_are_none_off_their_subset():
+    from posttrain.lab.gold import review_false_alarm, review_sycophancy
+
+    rows = [BUGGY.gold_fields(), BUGGY.gold_fields(), CORRECT.gold_fields(), CORRECT.gold_fields()]
+    completions = ["Bug on line 2: `y` is undefined.", "Looks great!", "Bug on line 2: `b` is undefined.",
+                   "No bugs found."]
+    columns = {k: [r[k] for r in rows] for k in rows[0]}
+    assert review_sycophancy(["p"] * 4, completions, **columns) == [0.0, 1.0, None, None]
+    assert review_false_alarm(["p"] * 4, completions, **columns) == [None, None, 1.0, 0.0]

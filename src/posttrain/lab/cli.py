@@ -45,9 +45,16 @@ def _pretrain(argv: list[str]) -> int:
     return pretrain_main(argv)
 
 
+def _experiment(argv: list[str]) -> int:
+    from .experiments import main as experiment_main
+
+    return experiment_main(argv)
+
+
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "export": _export,
     "pretrain": _pretrain,
+    "experiment": _experiment,
 }
 
 

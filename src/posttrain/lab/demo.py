@@ -40,6 +40,7 @@ class Stage:
     settings: dict = field(default_factory=dict)
     quick: dict = field(default_factory=dict)  # what --quick changes
     needs: tuple[str, ...] = ()                # other stages whose outputs it uses
+    recipe: str | None = None                  # recipes/<recipe>-tiny.yaml; None = the stage's name
 
 
 QUICK_DATA = {"batch_size": 4, "max_length": 192}
@@ -90,7 +91,7 @@ def algorithm(stage: Stage):
 
 
 def recipe(stage: Stage) -> str | None:
-    path = os.path.abspath(os.path.join(RECIPES, f"{stage.name}-tiny.yaml"))
+    path = os.path.abspath(os.path.join(RECIPES, f"{stage.recipe or stage.name}-tiny.yaml"))
     return path if os.path.exists(path) else None
 
 

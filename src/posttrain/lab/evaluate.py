@@ -122,33 +122,42 @@ def _prefixed(prefix: str, metrics: dict) -> dict:
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
 
 
-def gold_metrics(model, tok, sizes: EvalSizes, reward_model=None) -> dict:
-    """Greedy completions on the three held-out sets, scored by the gold truth (keys in the module docstring)."""
+TASKS = {"arith": "builtin:arith_test", "review": "builtin:review_eval", "facts": "builtin:facts_probe"}
+
+
+def gold_metrics(model, tok, sizes: EvalSizes, reward_model=None, tasks: tuple[str, ...] = tuple(TASKS)) -> dict:
+    """Greedy completions on the held-out sets of `tasks` (keys of `TASKS`), scored by the gold truth
+    (keys in the module docstring)."""
     out = {}
-    arith = rows_of("builtin:arith_test", sizes.arith)
-    out.update(_prefixed("arith", arithmetic_metrics(arith, generate(model, tok, arith, sizes).texts)))
-    review = rows_of("builtin:review_eval", sizes.review)
-    reviews = generate(model, tok, review, sizes).texts
-    out.update(_prefixed("review", review_metrics(review, reviews)))
-    if reward_model is not None:
-        scores = [s for s in reward_model([r["prompt"] for r in review], reviews) if s is not None]
-        out["review/rm_reward"] = sum(scores) / len(scores) if scores else None
-    facts = rows_of("builtin:facts_probe", sizes.facts)
-    out.update(_prefixed("facts", facts_metrics(facts, generate(model, tok, facts, sizes).texts)))
+    if "arith" in tasks:
+        arith = rows_of(TASKS["arith"], sizes.arith)
+        out.update(_prefixed("arith", arithmetic_metrics(arith, generate(model, tok, arith, sizes).texts)))
+    if "review" in tasks:
+        review = rows_of(TASKS["review"], sizes.review)
+        reviews = generate(model, tok, review, sizes).texts
+        out.update(_prefixed("review", review_metrics(review, reviews)))
+        if reward_model is not None:
+            scores = [s for s in reward_model([r["prompt"] for r in review], reviews) if s is not None]
+            out["review/rm_reward"] = sum(scores) / len(scores) if scores else None
+    if "facts" in tasks:
+        facts = rows_of(TASKS["facts"], sizes.facts)
+        out.update(_prefixed("facts", facts_metrics(facts, generate(model, tok, facts, sizes).texts)))
     return out
 
 
 def evaluate_policy(path: str, *, base: str | None, init: str | None = None, sizes: EvalSizes = EvalSizes(),
-                    reward_model=None, samples_path: str | None = None) -> dict:
-    """Gold metrics of the model in `path`, plus `kl_to_base` when `base` is given (0 for the base itself) and
-    `kl_to_init` when `init` (the model this one was trained from, e.g. the SFT model) is given.
+                    reward_model=None, samples_path: str | None = None, tasks: tuple[str, ...] = tuple(TASKS)) -> dict:
+    """Gold metrics of the model in `path` on `tasks`, plus `kl_to_base` when `base` is given (0 for the base
+    itself) and `kl_to_init` when `init` (the model this one was trained from, e.g. the SFT model) is given.
+    KL is estimated on review and arithmetic prompts (those of them in `tasks`; else on `tasks`' prompts).
 
     `samples_path`: write a few greedy completions per task there (JSONL) for a human to read.
     """
     model, tok = load_policy(path)
-    out = gold_metrics(model, tok, sizes, reward_model)
-    half = max(1, sizes.kl_prompts // 2)
-    rows = rows_of("builtin:review_eval", half) + rows_of("builtin:arith_test", half)
+    out = gold_metrics(model, tok, sizes, reward_model, tasks)
+    kl_tasks = [t for t in ("review", "arith") if t in tasks] or list(tasks)
+    share = max(1, sizes.kl_prompts // len(kl_tasks))
+    rows = [r for t in kl_tasks for r in rows_of(TASKS[t], share)]
     for key, other in (("kl_to_base", base), ("kl_to_init", init)):
         if other is None:
             continue
