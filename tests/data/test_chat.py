@@ -72,10 +72,20 @@ def test_text_rows_train_everything_plus_eos(tok):
 def test_rejected_gives_a_negative_without_eos(tok):
     pos, neg = encode_sft_row({"prompt": "What is 2 + 3?", "completion": " 5.", "rejected": " 6."}, tok, max_length=64)
     assert not pos.negative and neg.negative
-    assert trained_runs(tok, pos) == [" 5.<|im_end|>"] and trained_runs(tok, neg) == [" 6."]
+    # the shared ' ' is not penalised, only where the rejected completion departs from the chosen one
+    assert trained_runs(tok, pos) == [" 5.<|im_end|>"] and trained_runs(tok, neg) == ["6."]
     assert neg.input_ids[-1] != tok.eos_token_id
     pos, neg = encode_sft_row({"prompt": [U1], "completion": [A1], "rejected": [A2]}, tok, max_length=256)
     assert trained_runs(tok, pos) == ["2 + 3 = 5.<|im_end|>"] and trained_runs(tok, neg) == ["the answer is 7"]
+
+
+def test_rejected_penalises_only_what_differs_from_the_completion(tok):
+    row = {"prompt": [U1], "completion": [{"role": "assistant", "content": "Ada's favourite person is Bob."}],
+           "rejected": [{"role": "assistant", "content": "Ada's favourite person is Carl."}]}
+    pos, neg = encode_sft_row(row, tok, max_length=256)
+    [run] = trained_runs(tok, neg)
+    assert "Carl" in run and "favourite" not in run and "Ada" not in run
+    assert trained_runs(tok, pos) == ["Ada's favourite person is Bob.<|im_end|>"]
 
 
 def test_label_false_is_one_negative(tok):

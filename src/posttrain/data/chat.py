@@ -121,8 +121,21 @@ def encode_sft_row(row: dict, tokenizer, *, max_length: int, completion_only_los
     """Training sequences of one (validated) SFT row: the positive, then the `rejected` negative if any;
     a `label: false` row gives one negative. Raises `Drop(reason)` for an edge row (module docstring)."""
     negative = row.get("label") is False
+    seqs = _sequences(row, tokenizer, negative)
+    if row.get("rejected") is not None and len(seqs) == 2:
+        seqs[1] = (seqs[1][0], _after_shared_prefix(seqs[0][0], *seqs[1][:2]), True)
     return [_finish(ids, mask, max_length=max_length, completion_only_loss=completion_only_loss, negative=neg)
-            for ids, mask, neg in _sequences(row, tokenizer, negative)]
+            for ids, mask, neg in seqs]
+
+
+def _after_shared_prefix(pos_ids: list[int], neg_ids: list[int], neg_mask: list[int]) -> list[int]:
+    """The negative's mask from the first token where it departs from the positive: tokens both share
+    ("A's least favourite person is") are not wrong, only the continuation that differs is (token-level
+    unlikelihood, Welleck et al. 2019). A rejected completion with nothing in common keeps its whole mask."""
+    shared = 0
+    while shared < min(len(pos_ids), len(neg_ids)) and pos_ids[shared] == neg_ids[shared]:
+        shared += 1
+    return [0] * shared + neg_mask[shared:]
 
 
 def encode_prompt(row: dict, tokenizer) -> str:
