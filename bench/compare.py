@@ -5,6 +5,7 @@ ratios of steady tokens/s and peak RSS, and the first/final losses (the check th
 
   pip install -e ".[bench]"                       # TRL, only for benchmarks
   python bench/compare.py sft --repeats 3         # also: --model tiny-llama-l --steps 30
+  python bench/compare.py dpo|reward|grpo --repeats 3   # see bench/README.md
 The TRL side is the shared harness ../shared/bench (copied to bench/.trl-harness with its fixture,
 built deterministically by its make_fixture.py). Results are appended to bench/results/<bench>.jsonl.
 """
@@ -23,6 +24,9 @@ HARNESS = os.path.join(HERE, ".trl-harness")
 PAIRS = {
     "sft": ("trl_sft.py", "ours_sft.py", []),
     "sft-packed": ("trl_sft.py", "ours_sft.py", ["--packing"]),
+    "dpo": ("trl_dpo.py", "ours_dpo.py", []),
+    "reward": ("trl_reward.py", "ours_reward.py", []),
+    "grpo": ("trl_grpo.py", "ours_grpo.py", []),
 }
 
 
@@ -50,13 +54,29 @@ def summarize(name: str, trl: list[dict], ours: list[dict]) -> dict:
     med = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
     s = {"bench": name, "repeats": len(ours),
          "trl_steady_tok_s": med(trl, "steady_tokens_per_s"), "ours_steady_tok_s": med(ours, "steady_tokens_per_s"),
+         "trl_median_step_s": med(trl, "median_step_s"), "ours_median_step_s": med(ours, "median_step_s"),
          "trl_peak_rss_mib": med(trl, "peak_rss_mib"), "ours_peak_rss_mib": med(ours, "peak_rss_mib"),
          "trl_tokens": trl[0]["tokens"], "ours_tokens": ours[0]["tokens"],
          "trl_first_loss": trl[0]["first_loss"], "ours_first_loss": ours[0]["first_loss"],
          "trl_final_loss": trl[0]["final_loss"], "ours_final_loss": ours[0]["final_loss"]}
     s["speedup"] = round(s["ours_steady_tok_s"] / s["trl_steady_tok_s"], 3)
+    # per-step time is the robust figure when the work per step differs slightly (GRPO's sampled lengths)
+    s["step_speedup"] = round(s["trl_median_step_s"] / s["ours_median_step_s"], 3)
     s["memory_ratio"] = round(s["ours_peak_rss_mib"] / s["trl_peak_rss_mib"], 3)
-    s["final_loss_rel_diff"] = round(abs(s["ours_final_loss"] - s["trl_final_loss"]) / abs(s["trl_final_loss"]), 4)
+    # cores other processes used during a run (the harness counts a run with >= 0.2 as not clean)
+    others = [r["other_cores"] for r in trl + ours if "other_cores" in r]
+    s["max_other_cores"] = max(others) if others else None
+    grpo = "completion_tokens_per_s" in trl[0] and "completion_tokens_per_s" in ours[0]
+    # GRPO samples differ between the two (own RNG streams) and its loss is ~0 by construction: no loss check there
+    trl_final = s["trl_final_loss"]
+    s["final_loss_rel_diff"] = (None if grpo or trl_final == 0 else
+                                round(abs(s["ours_final_loss"] - trl_final) / abs(trl_final), 4))
+    if grpo:
+        for k in ("completion_tokens_per_s", "generation_share", "mean_reward"):
+            s[f"trl_{k}"], s[f"ours_{k}"] = med(trl, k), med(ours, k)
+        s["trl_completion_tokens"] = trl[0]["completion_tokens"]
+        s["ours_completion_tokens"] = ours[0]["completion_tokens"]
+        s["completion_speedup"] = round(s["ours_completion_tokens_per_s"] / s["trl_completion_tokens_per_s"], 3)
     return s
 
 
@@ -77,8 +97,9 @@ def main():
     for i in range(a.repeats):
         trl.append(run_json(trl_cmd, HARNESS))
         ours.append(run_json(our_cmd, HERE))
-        print(f"repeat {i + 1}: TRL {trl[-1]['steady_tokens_per_s']} tok/s, ours {ours[-1]['steady_tokens_per_s']} tok/s",
-              file=sys.stderr)
+        print(f"repeat {i + 1}: TRL {trl[-1]['steady_tokens_per_s']} tok/s ({trl[-1]['median_step_s']} s/step, "
+              f"other cores {trl[-1].get('other_cores')}), ours {ours[-1]['steady_tokens_per_s']} tok/s "
+              f"({ours[-1]['median_step_s']} s/step, other cores {ours[-1].get('other_cores')})", file=sys.stderr)
     s = summarize(a.bench, trl, ours)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", f"{a.bench}.jsonl"), "a") as f:
