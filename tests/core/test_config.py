@@ -44,3 +44,16 @@ def test_every_key_documented():
                    "lora.target_modules", "loss", "unlikelihood_alpha"):
         assert shared in keys
     assert all(meaning for _, _, meaning in rows)
+
+
+def test_mixed_precision_no_survives_yaml(tmp_path):
+    from posttrain.core.engine import mixed_precision_name
+
+    p = tmp_path / "r.yaml"
+    p.write_text("mixed_precision: no\n")
+    cfg = load_config(SFTConfig, str(p), [])
+    assert mixed_precision_name(cfg.mixed_precision) == "no"
+    assert mixed_precision_name(load_config(SFTConfig, None, ["mixed_precision=no"]).mixed_precision) == "no"
+    assert mixed_precision_name("bf16") == "bf16"
+    with pytest.raises(ValueError, match="mixed_precision"):
+        mixed_precision_name("fp8")

@@ -27,6 +27,18 @@ class TrainingAborted(RuntimeError):
     """Training stopped on purpose (e.g. too many consecutive non-finite steps)."""
 
 
+def mixed_precision_name(value) -> str:
+    """`no`, `bf16` or `fp16`. YAML reads a bare `no` as false (and OmegaConf then stores 'False')."""
+    name = str(value).strip().lower()
+    if name in ("no", "false", "none", "0", "fp32", "float32"):
+        return "no"
+    if name in ("bf16", "bfloat16"):
+        return "bf16"
+    if name in ("fp16", "float16"):
+        return "fp16"
+    raise ValueError(f"mixed_precision: expected no, bf16 or fp16, found {value!r}")
+
+
 def _all_reduce(values: list[float], op=None) -> list[float]:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return values
@@ -43,7 +55,8 @@ class Engine:
         self.cfg, self.algo = cfg, algorithm
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                                       mixed_precision=mixed_precision_name(cfg.mixed_precision))
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
         set_seed(cfg.seed)
