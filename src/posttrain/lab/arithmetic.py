@@ -18,6 +18,8 @@ import random
 import re
 from dataclasses import dataclass
 
+from .sampling import draw_distinct
+
 PHRASINGS = ("What is {e}?", "Compute {e}.", "Calculate {e}.", "What does {e} equal?")
 TRAIN_LEVELS = (1, 2)
 HARD_LEVEL = 3
@@ -130,18 +132,8 @@ def make_problem(rng: random.Random, level: int) -> ArithmeticProblem:
 def unique_problems(rng: random.Random, levels: tuple[int, ...], n: int,
                     exclude: set[str] | None = None) -> list[ArithmeticProblem]:
     """`n` problems with distinct expressions (none in `exclude`), levels drawn uniformly from `levels`."""
-    seen = set(exclude or ())
-    out: list[ArithmeticProblem] = []
-    tries = 0
-    while len(out) < n:
-        tries += 1
-        if tries > 50 * n + 1000:
-            raise ValueError(f"could not draw {n} distinct arithmetic problems at levels {levels}")
-        p = make_problem(rng, rng.choice(levels))
-        if p.expression not in seen:
-            seen.add(p.expression)
-            out.append(p)
-    return out
+    return draw_distinct(lambda: make_problem(rng, rng.choice(levels)), lambda p: p.expression, n,
+                         f"arithmetic problems at levels {levels}", exclude)
 
 
 def arithmetic_splits(seed: int, n_train: int, n_test: int, n_hard: int) -> dict[str, list[ArithmeticProblem]]:

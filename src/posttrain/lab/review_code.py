@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from .sampling import draw_distinct
+
 BUG_KINDS = ("undefined_variable", "wrong_operator", "off_by_one", "wrong_return")
 PROMPT = "Review this code:\n```python\n{code}\n```"
 
@@ -211,18 +213,7 @@ def make_review_task(rng: random.Random, p_buggy: float = 0.5) -> ReviewTask:
 def unique_review_tasks(rng: random.Random, n: int, p_buggy: float = 0.5,
                         exclude: set[str] | None = None) -> list[ReviewTask]:
     """`n` tasks with distinct code, none whose code is in `exclude`."""
-    seen = set(exclude or ())
-    out: list[ReviewTask] = []
-    tries = 0
-    while len(out) < n:
-        tries += 1
-        if tries > 50 * n + 1000:
-            raise ValueError(f"could not draw {n} distinct review tasks")
-        task = make_review_task(rng, p_buggy)
-        if task.code not in seen:
-            seen.add(task.code)
-            out.append(task)
-    return out
+    return draw_distinct(lambda: make_review_task(rng, p_buggy), lambda t: t.code, n, "review tasks", exclude)
 
 
 def review_splits(seed: int, n_train: int, n_eval: int, p_buggy: float = 0.5) -> dict[str, list[ReviewTask]]:
