@@ -78,13 +78,12 @@ class DPO(Algorithm):
         self.eval_examples = []
 
     def setup(self, engine) -> None:
-        from posttrain.core.models import Reference
 
         c = self.cfg
         self.engine, self.pad_id = engine, engine.tokenizer.pad_token_id
         self.examples, self.eval_examples = load_preference_splits(c, engine.tokenizer, engine.say)
         if self.needs_ref:
-            self.ref = Reference(engine.model)
+            self.ref = engine.reference()
             if c.precompute_ref:
                 self.precompute(self.examples + self.eval_examples)
                 self.ref = None  # every batch carries its reference log-probs now; free the copy

@@ -125,7 +125,6 @@ class GRPO(Algorithm):
     # ----------------------------------------------------------------- set-up
     def setup(self, engine) -> None:
         from posttrain.algorithms.grpo_data import build_reward, load_prompts
-        from posttrain.core.models import Reference
         from posttrain.rollout import make_backend
 
         c = self.cfg
@@ -138,7 +137,7 @@ class GRPO(Algorithm):
             self.eval_prompts, self.eval_columns, _ = load_prompts(c.data.eval, engine.tokenizer, c.prompt_template,
                                                                    budget, max_rows=c.data.max_eval_rows)
         if c.beta > 0:
-            self.ref = Reference(engine.model).to(engine.device)
+            self.ref = engine.reference()
         kw = {"batch_size": c.generation_batch_size} if c.rollout_backend == "hf" else {"max_model_len": c.max_length}
         self.backend = make_backend(c.rollout_backend, engine.model, engine.tokenizer, **kw)
         per_process = c.batch_size * c.grad_accum // c.num_generations

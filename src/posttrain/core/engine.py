@@ -39,6 +39,17 @@ def mixed_precision_name(value) -> str:
     raise ValueError(f"mixed_precision: expected no, bf16 or fp16, found {value!r}")
 
 
+def apply_global_batch(cfg, world: int) -> None:
+    """`distributed.global_batch_size` > 0 sets `batch_size` per process; it must divide evenly."""
+    g = cfg.distributed.global_batch_size
+    if g <= 0:
+        return
+    if g % (world * cfg.grad_accum):
+        raise ValueError(f"distributed.global_batch_size {g} is not divisible by {world} processes x grad_accum "
+                         f"{cfg.grad_accum}; pick a multiple of {world * cfg.grad_accum}")
+    cfg.batch_size = g // (world * cfg.grad_accum)
+
+
 def _all_reduce(values: list[float], op=None) -> list[float]:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return values
@@ -52,13 +63,18 @@ class Engine:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
+        from posttrain.core.strategy import accelerator_kwargs, make_strategy
+
         self.cfg, self.algo = cfg, algorithm
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                                       mixed_precision=mixed_precision_name(cfg.mixed_precision))
+                                       mixed_precision=mixed_precision_name(cfg.mixed_precision),
+                                       **accelerator_kwargs(cfg))
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
+        self.strategy = make_strategy(cfg, self.accelerator)
+        apply_global_batch(cfg, self.world)
         set_seed(cfg.seed)
         if model is None:
             from posttrain.core.models import load_model
@@ -70,11 +86,27 @@ class Engine:
         self.step, self.skipped, self.consecutive_skips = 0, 0, 0
         algorithm.setup(self)
         self._sync_initial_params()
+        self.strategy.wrap(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
+        self.strategy.prepare(self)
+        self.say(f"world size {self.world}, strategy {self.strategy.describe()}, device {self.device}, "
+                 f"dtype {next(self.model.parameters()).dtype} (mixed precision "
+                 f"{mixed_precision_name(cfg.mixed_precision)}), batch {cfg.batch_size} per process x "
+                 f"{cfg.grad_accum} accumulation x {self.world} processes")
+
+    def reference(self):
+        """The frozen reference policy (`core.models.Reference`), placed by the strategy: a frozen copy is
+        sharded like the policy under fsdp2; LoRA's adapter-disabled base is the policy itself."""
+        from posttrain.core.models import Reference
+
+        ref = Reference(self.model).to(self.device)
+        if not ref.shared:
+            ref._model = self.strategy.wrap_frozen(ref._model)
+        return ref
 
     # ----------------------------------------------------------------- set-up
     def _sync_initial_params(self) -> None:
@@ -111,18 +143,28 @@ class Engine:
         path = ckpt.latest_complete(self.ckpt_root, log=self.say)
         if path is None:
             return
-        meta, algo_state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer,
-                                                scheduler=self.scheduler, rank=self.rank)
+        from posttrain.core import checkpoint_sharded as sharded
+
+        if self.strategy.sharded or sharded.is_sharded(path):
+            meta, algo_state = sharded.load(path, model=self.model, optimizer=self.optimizer,
+                                            scheduler=self.scheduler, rank=self.rank, world=self.world)
+        else:
+            meta, algo_state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer,
+                                                    scheduler=self.scheduler, rank=self.rank)
         self.step, self.skipped = meta["step"], meta.get("skipped", 0)
         self.consecutive_skips = meta.get("consecutive_skips", 0)
         self.algo.load_state_dict(algo_state)
 
     def save_checkpoint(self) -> str:
-        return ckpt.save_checkpoint(
-            self.ckpt_root, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-            algo_state=self.algo.state_dict(), config_yaml=to_yaml(self.cfg), is_main=self.is_main,
-            rank=self.rank, barrier=self.barrier, keep=self.cfg.save_total_limit,
-            trainer_state={"skipped": self.skipped, "consecutive_skips": self.consecutive_skips})
+        kw = dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                  algo_state=self.algo.state_dict(), config_yaml=to_yaml(self.cfg), is_main=self.is_main,
+                  rank=self.rank, barrier=self.barrier, keep=self.cfg.save_total_limit,
+                  trainer_state={"skipped": self.skipped, "consecutive_skips": self.consecutive_skips})
+        if self.strategy.sharded:
+            from posttrain.core import checkpoint_sharded as sharded
+
+            return sharded.save(self.ckpt_root, self.step, world=self.world, **kw)
+        return ckpt.save_checkpoint(self.ckpt_root, self.step, **kw)
 
     # ----------------------------------------------------------------- one step
     def _backward_step(self, micros) -> dict:
@@ -131,10 +173,11 @@ class Engine:
         num_items, tokens = _all_reduce([local_items, local_tokens])
         num_items = max(num_items, 1e-8)
         loss_sum, sums = 0.0, {}
-        for m in micros:
-            with self.accelerator.autocast():
-                loss, metrics = self.algo.loss(self.model, m, num_items)
-            loss.backward()
+        for i, m in enumerate(micros):
+            with self.strategy.accumulate(i == len(micros) - 1):
+                with self.accelerator.autocast():
+                    loss, metrics = self.strategy.forward(self.algo.loss, m, num_items)
+                self.strategy.backward(loss)
             loss_sum = loss_sum + loss.detach()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else float(v))
@@ -147,20 +190,11 @@ class Engine:
         out["tokens"] = tokens
         return out
 
-    def _sync_grads(self) -> None:
-        if self.world == 1:
-            return
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-
     def train_step(self) -> dict:
         micros = self.algo.micro_batches(self.step)
         metrics = self._backward_step(micros)
-        self._sync_grads()
         clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        grad_norm = self.strategy.clip(self.params, clip)
         finite = math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)
         if finite:
             self.optimizer.step()
@@ -234,8 +268,10 @@ class Engine:
         c = self.cfg
         if not any(s == self.step for s, _ in ckpt.list_checkpoints(self.ckpt_root)):
             self.save_checkpoint()
+        full = self.strategy.full_state_dict()  # collective: every process takes part in the gather
         if self.is_main:
-            save_final(self.model, self.tokenizer, os.path.join(c.output_dir, "final"), merge_lora=c.lora.merge_on_save)
+            save_final(self.model, self.tokenizer, os.path.join(c.output_dir, "final"), merge_lora=c.lora.merge_on_save,
+                       state_dict=full)
             self.plot()
         self.algo.finish(self)
         self.barrier()
