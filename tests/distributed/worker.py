@@ -1,6 +1,6 @@
 """Run under torchrun by tests/distributed: several trainings in one launch (process start-up is the cost).
 
-usage: worker.py JSON   where JSON = {"runs": [{"algo": "sft", "out": DIR, "overrides": [...],
+usage: worker.py JSON   where JSON = {"runs": [{"algo": "sft", "out": DIR, "overrides": [...], "config": YAML,
                                                   "measure_bytes": FILE (optional, SFT only)}, ...]}
 Each run trains like `posttrain <algo>` with the given overrides; with `measure_bytes`, rank 0 writes
 there its local parameter + optimizer bytes after training (measured on the shards themselves).
@@ -35,7 +35,7 @@ def main() -> None:
     _register_optional()
     for run in spec["runs"]:
         cfg_cls, train = TRAINERS[run["algo"]]()
-        cfg = load_config(cfg_cls, None, run["overrides"] + [f"output_dir={run['out']}"])
+        cfg = load_config(cfg_cls, run.get("config"), run["overrides"] + [f"output_dir={run['out']}"])
         if not run.get("measure_bytes"):
             train(cfg)
             continue

@@ -17,7 +17,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from posttrain.config import plain, to_yaml
+from posttrain.config import ConfigError, plain, to_yaml
 from posttrain.core import checkpoint as ckpt
 from posttrain.core.metrics_log import MetricsLogger, read_metrics
 from posttrain.core.models import save_final
@@ -45,7 +45,7 @@ def apply_global_batch(cfg, world: int) -> None:
     if g <= 0:
         return
     if g % (world * cfg.grad_accum):
-        raise ValueError(f"distributed.global_batch_size {g} is not divisible by {world} processes x grad_accum "
+        raise ConfigError(f"distributed.global_batch_size {g} is not divisible by {world} processes x grad_accum "
                          f"{cfg.grad_accum}; pick a multiple of {world * cfg.grad_accum}")
     cfg.batch_size = g // (world * cfg.grad_accum)
 

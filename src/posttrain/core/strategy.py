@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from posttrain.config import ConfigError
+
 STRATEGIES = ("auto", "none", "ddp", "fsdp2", "deepspeed")
 _ROOT_METHOD = "_posttrain_root_call"
 
@@ -41,7 +43,7 @@ def resolve_name(name: str, accelerator) -> str:
 
         close = difflib.get_close_matches(str(name), STRATEGIES, n=1, cutoff=0.5)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ValueError(f"distributed.strategy: expected one of {', '.join(STRATEGIES)}, found '{name}'{hint}")
+        raise ConfigError(f"distributed.strategy: expected one of {', '.join(STRATEGIES)}, found '{name}'{hint}")
     world = accelerator.num_processes
     if name == "auto":
         kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
@@ -51,7 +53,7 @@ def resolve_name(name: str, accelerator) -> str:
             return "deepspeed"
         return "ddp" if world > 1 else "none"
     if name == "none" and world > 1:
-        raise ValueError(f"distributed.strategy=none with {world} processes: every process would train alone; "
+        raise ConfigError(f"distributed.strategy=none with {world} processes: every process would train alone; "
                          "use ddp or fsdp2")
     return name
 
@@ -62,7 +64,7 @@ def ensure_process_group(strategy: str, device: torch.device) -> None:
     if dist.is_available() and dist.is_initialized():
         return
     if not _launched():
-        raise ValueError(f"distributed.strategy={strategy} needs a process group, and this process was not started "
+        raise ConfigError(f"distributed.strategy={strategy} needs a process group, and this process was not started "
                          f"by a launcher: run it as `torchrun --nproc_per_node N -m posttrain ...` (N >= 1)")
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
@@ -75,7 +77,7 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     names = set(getattr(base, "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__.removeprefix("FSDP") in names]
     if not layers:
-        raise ValueError(f"fsdp2: cannot find the decoder layers of {type(base).__name__} "
+        raise ConfigError(f"fsdp2: cannot find the decoder layers of {type(base).__name__} "
                          f"(_no_split_modules = {sorted(names)})")
     return layers
 
@@ -242,7 +244,7 @@ class FSDP2(Strategy):
 
     def wrap(self, model):
         if self.cfg.lora.r > 0 and self.cfg.lora.merge_on_save:
-            raise ValueError("lora.merge_on_save is not supported with distributed.strategy=fsdp2; save the adapter "
+            raise ConfigError("lora.merge_on_save is not supported with distributed.strategy=fsdp2; save the adapter "
                              "(merge_on_save=false) and merge it afterwards with peft's merge_and_unload")
         self.model = self._shard(model)
         self.world = dist.get_world_size()
@@ -283,6 +285,8 @@ class FSDP2(Strategy):
 
 def make_strategy(cfg, accelerator) -> Strategy:
     name = resolve_name(cfg.distributed.strategy, accelerator)
+    if name in ("ddp", "fsdp2"):
+        ensure_process_group(name, accelerator.device)  # fail before the model is loaded
     if name == "deepspeed":
         from posttrain.core.strategy_deepspeed import DeepSpeed
 

@@ -15,21 +15,22 @@ import importlib.util
 
 import torch
 
+from posttrain.config import ConfigError
 from posttrain.core.strategy import Strategy, _Runner
 
 
 def plugin(cfg):
     """accelerate's `DeepSpeedPlugin` for `cfg`; a one-line error without the package or a GPU."""
     if importlib.util.find_spec("deepspeed") is None:
-        raise ValueError("distributed.strategy=deepspeed needs the deepspeed package: pip install deepspeed "
+        raise ConfigError("distributed.strategy=deepspeed needs the deepspeed package: pip install deepspeed "
                          "(on a machine with CUDA); or use strategy fsdp2, which needs nothing extra")
     if not torch.cuda.is_available():
-        raise ValueError("distributed.strategy=deepspeed needs a CUDA GPU; on CPU use ddp or fsdp2")
+        raise ConfigError("distributed.strategy=deepspeed needs a CUDA GPU; on CPU use ddp or fsdp2")
     from accelerate.utils import DeepSpeedPlugin
 
     d = cfg.distributed
     if d.zero_stage not in (2, 3):
-        raise ValueError(f"distributed.zero_stage: expected 2 or 3, found {d.zero_stage}")
+        raise ConfigError(f"distributed.zero_stage: expected 2 or 3, found {d.zero_stage}")
     offload = "cpu" if d.cpu_offload else "none"
     return DeepSpeedPlugin(zero_stage=d.zero_stage, gradient_accumulation_steps=cfg.grad_accum,
                            gradient_clipping=cfg.max_grad_norm if cfg.max_grad_norm > 0 else None,
