@@ -67,7 +67,8 @@ def test_algorithm_under_ddp_and_fsdp2(tiny_model_dir, tmp_path, case):
     config = _rl_config(tmp_path, case) if algo in ("grpo", "ppo") else None
     worker([{"algo": algo, "out": str(tmp_path / s), "overrides": args + [f"distributed.strategy={s}"], "config": config}
             for s in ("ddp", "fsdp2")])
-    assert_same_run(str(tmp_path / "ddp"), str(tmp_path / "fsdp2"))
+    # PPO's loss is ~1e-4, a sum of whitened advantages that nearly cancel: compare it to 1e-7 absolute too
+    assert_same_run(str(tmp_path / "ddp"), str(tmp_path / "fsdp2"), loss_atol=1e-7 if algo == "ppo" else 0.0)
     if vs_one:
         cmd = [algo] + (["--config", config] if config else []) + args + [f"output_dir={tmp_path / 'one'}"]
         assert main(cmd) == 0

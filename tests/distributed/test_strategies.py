@@ -100,3 +100,15 @@ def test_bad_distributed_settings_are_one_line_errors(tiny_model_dir, tmp_path, 
     assert err[-1].startswith(message), err[-1]
     assert "Traceback" not in "\n".join(err)
     assert not os.path.exists(tmp_path / "out" / "checkpoints")
+
+
+def test_accelerate_launch_that_started_one_process_is_named():
+    from posttrain.core.strategy import launcher_mismatch
+
+    argv = ["/venv/bin/python", "/venv/bin/accelerate", "launch", "--num_processes", "2", "-m", "posttrain", "sft"]
+    msg = launcher_mismatch(1, argv)
+    assert msg.startswith("warning: accelerate launch asked for 2 processes but started this ONE")
+    assert "torchrun --nproc_per_node 2" in msg
+    assert launcher_mismatch(2, argv) is None                                   # it did start two
+    assert launcher_mismatch(1, argv[:3] + ["--num_processes=1", "-m", "posttrain"]) is None
+    assert launcher_mismatch(1, ["/venv/bin/python", "-m", "pytest"]) is None

@@ -93,6 +93,10 @@ class Engine:
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
         self.strategy.prepare(self)
+        from posttrain.core.strategy import launcher_mismatch
+
+        if (warning := launcher_mismatch(self.world)) is not None:
+            self.say(warning)
         self.say(f"world size {self.world}, strategy {self.strategy.describe()}, device {self.device}, "
                  f"dtype {next(self.model.parameters()).dtype} (mixed precision "
                  f"{mixed_precision_name(cfg.mixed_precision)}), batch {cfg.batch_size} per process x "

@@ -58,6 +58,36 @@ def resolve_name(name: str, accelerator) -> str:
     return name
 
 
+def _parent_cmdline() -> list[str]:
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0")]
+    except OSError:
+        return []
+
+
+def launcher_mismatch(world: int, parent: list[str] | None = None) -> str | None:
+    """A warning when `accelerate launch --num_processes N` (N > 1) started this single process: on a machine
+    without a GPU accelerate's plain launcher runs one process unless `--multi_gpu` is given. `parent`: the
+    launching process's argv (read from /proc when None)."""
+    if world > 1:
+        return None
+    parent = _parent_cmdline() if parent is None else parent
+    if not any(a.endswith("accelerate") or "accelerate.commands" in a for a in parent) or "launch" not in parent:
+        return None
+    asked = 1
+    for i, a in enumerate(parent):
+        if a in ("--num_processes", "--num-processes") and i + 1 < len(parent) and parent[i + 1].isdigit():
+            asked = int(parent[i + 1])
+        elif a.startswith(("--num_processes=", "--num-processes=")) and a.split("=", 1)[1].isdigit():
+            asked = int(a.split("=", 1)[1])
+    if asked <= 1:
+        return None
+    return (f"warning: accelerate launch asked for {asked} processes but started this ONE (without a GPU, accelerate "
+            f"needs --multi_gpu to start several); use `torchrun --nproc_per_node {asked} -m posttrain ...` or "
+            f"`accelerate launch --multi_gpu --num_processes {asked} ...`")
+
+
 def ensure_process_group(strategy: str, device: torch.device) -> None:
     """FSDP2 and DDP need a process group. One launched by torchrun with a single process has none yet
     (accelerate only starts one for several CPU processes): start it; with no launcher at all, say how."""
