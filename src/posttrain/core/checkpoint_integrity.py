@@ -183,7 +183,8 @@ def free_bytes(path: str) -> int:
 
 
 def mb(n: float) -> str:
-    return f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n / 2**20:.2f} MB"
+    x = n / 2**20
+    return f"{x:.0f} MB" if x >= 10 else (f"{x:.1f} MB" if x >= 0.1 else f"{x:.2f} MB")
 
 
 def is_disk_full(exc: BaseException, folder: str, needed: int) -> bool:

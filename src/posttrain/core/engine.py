@@ -132,9 +132,8 @@ class Engine:
             return
         need, free = integrity.estimate_bytes(self.model, self.optimizer), integrity.free_bytes(self.ckpt_root)
         if free < 2 * need:
-            self.say(f"warning: {integrity.mb(free)} free where checkpoints go ({self.ckpt_root}), but one checkpoint "
-                     f"needs ~{integrity.mb(need)} and saving keeps up to save_total_limit+1 of them at once; "
-                     "free some space or point output_dir elsewhere")
+            self.say(f"warning: the {integrity.mb(free)} free where checkpoints go ({self.ckpt_root}) cannot hold two "
+                     f"checkpoints of ~{integrity.mb(need)} each; free some space or point output_dir elsewhere")
 
     def save_checkpoint(self) -> str:
         return ckpt.save_checkpoint(
