@@ -28,7 +28,9 @@ def trained(tiny_model_dir, tmp_path_factory):
     over = sft_overrides(tiny_model_dir, data, str(base / "out"), max_steps=8, save_steps=4, save_total_limit=5,
                          batch_size=2, threads=1)
     cfg = load_config(SFTConfig, None, over)
-    Engine(cfg, SFT(cfg)).train()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Engine, "plot", lambda self: None)  # matplotlib is not tested here
+        Engine(cfg, SFT(cfg)).train()
     return base, over
 
 

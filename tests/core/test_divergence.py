@@ -14,6 +14,11 @@ from posttrain.core.engine import Engine, TrainingAborted
 from .helpers import sft_overrides, write_sft_jsonl
 
 
+@pytest.fixture(autouse=True)
+def no_plots(monkeypatch):
+    monkeypatch.setattr(Engine, "plot", lambda self: None)  # matplotlib is not tested here
+
+
 class NaNAt(SFT):
     """SFT whose loss is NaN at the given 0-based steps (a bad batch, an overflow)."""
 
