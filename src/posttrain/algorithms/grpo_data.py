@@ -48,12 +48,11 @@ def load_prompts(spec, tokenizer, template: str | None, budget: int, max_rows: i
 
     A text is `template.format(prompt=...)` when `template` is set, else the chat template with the
     generation prompt (`data.encode_prompt`; a plain-text prompt stays as it is)."""
-    from posttrain.builtin import resolve_data
     from posttrain.data import DataError, Drop, encode_prompt, load_rows
     from posttrain.data.chat import BadRow
     from posttrain.data.errors import Problem, files_of
 
-    rows = load_rows(resolve_data(spec), kind="prompt")
+    rows = load_rows(spec, kind="prompt")
     if max_rows is not None:
         rows = rows.subset(range(min(max_rows, len(rows))))
     texts, problems = [], []

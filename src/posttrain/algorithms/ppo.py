@@ -166,14 +166,13 @@ class PPO(Algorithm):
 
     def _load_prompts(self, spec, split: str) -> tuple[list[dict], list[str]]:
         """Prompt rows whose prompt leaves room for `max_new_tokens` within `max_length`, and their texts."""
-        from posttrain.builtin import resolve_data
         from posttrain.data import DataError, Drop, encode_prompt, load_rows
         from posttrain.data.chat import BadRow
         from posttrain.data.errors import Problem, files_of
 
         tok, rows, texts, dropped, problems = self.engine.tokenizer, [], [], {}, []
         budget = self.cfg.max_length - self.cfg.max_new_tokens
-        loaded = load_rows(resolve_data(spec), split="train", kind="prompt")
+        loaded = load_rows(spec, split="train", kind="prompt")
         for row, src in zip(loaded, loaded.sources):
             try:
                 text = encode_prompt(row, tok)
