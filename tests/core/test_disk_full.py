@@ -60,3 +60,24 @@ def test_first_checkpoint_does_not_fit(tiny_model_dir, tmp_path, small_disk, cap
     assert "error: no space left on device while writing checkpoint step-00000002" in err
     assert "there is no complete checkpoint yet" in err and "Traceback" not in err
     assert os.listdir(out / "checkpoints") == []
+
+
+def test_final_save_on_a_full_disk_is_one_plain_error(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Without a tmpfs: the final folder's writer fails with ENOSPC half-way (as a full disk makes it)."""
+    import errno
+
+    from transformers import PreTrainedModel
+
+    real = PreTrainedModel.save_pretrained
+
+    def full(self, folder, *a, **kw):
+        real(self, folder, *a, **kw)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    out = tmp_path / "out"
+    rc, err = _run(tiny_model_dir, tmp_path, out, capsys)
+    assert rc == 2, err[-2000:]
+    line = [x for x in err.splitlines() if x.startswith("error:")][0]
+    assert line.startswith(f"error: no space left on device while writing the final model to {out}/final (needs ~0.")
+    assert line.endswith("the newest complete checkpoint is step-00000006")
+    assert sorted(os.listdir(out)) == ["checkpoints", "config.yaml", "metrics.jsonl"]  # no .final-XXXX left

@@ -155,8 +155,9 @@ def _tensor_bytes(obj) -> int:
 
 
 def model_bytes(model) -> int:
-    """Bytes of the model's state dict (what the final folder's weights take)."""
-    return _tensor_bytes(dict(model.state_dict()))
+    """Bytes of the model's parameters and buffers (what its weights file takes; tied weights once). Read
+    from the modules, not `state_dict()`, which may gather shards across processes."""
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
 def estimate_bytes(model, optimizer) -> int:
