@@ -25,7 +25,8 @@ import sys
 
 import torch
 
-from posttrain.core.checkpoint import (CheckpointError, _fsync_dir, list_checkpoints, rng_state,
+from posttrain.core import checkpoint as ckpt
+from posttrain.core.checkpoint import (CheckpointError, _fsync_dir, latest_complete, list_checkpoints, rng_state,
                                        set_rng_state)
 
 DCP_DIR = "dcp"
@@ -176,3 +177,20 @@ def load(path: str, *, model, optimizer, scheduler, rank: int, world: int) -> tu
         note = f", written by {saved_world} processes, now {world}" if saved_world != world else ""
         print(f"[posttrain] resumed from {path} (step {meta['step']}{note})", file=sys.stderr)
     return meta, algo_state
+
+
+def resume_latest(ckpt_root: str, sharded_model: bool, *, model, optimizer, scheduler, rank: int, world: int,
+                  is_main: bool, barrier, log) -> tuple[dict, dict] | None:
+    """The newest checkpoint that verifies, loaded: a sharded one (or any one into a sharded model) here,
+    a full one into a plain model by `core.checkpoint.resume_latest` (with its corrupt-checkpoint fallback)."""
+    path = latest_complete(ckpt_root, log=lambda _msg: None)
+    if path is None or not (sharded_model or is_sharded(path)):
+        return ckpt.resume_latest(ckpt_root, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank,
+                                  world=world, is_main=is_main, barrier=barrier, log=log)
+    if is_main:
+        ckpt.select_verified(ckpt_root, log)  # checks every file's size (and checksum when recorded)
+    barrier()
+    path = latest_complete(ckpt_root, log=lambda _msg: None)
+    if path is None:
+        return None
+    return load(path, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank, world=world)

@@ -1,9 +1,11 @@
-"""The one training loop every algorithm shares, on `accelerate`.
+"""The one training loop every algorithm shares, on `accelerate` and the distributed engine that
+`distributed.strategy` selects (`core/strategy.py`: none, ddp, fsdp2, deepspeed).
 
 Per optimizer step: the algorithm hands over this process's micro-batches; the engine sums their
 normaliser over all micro-batches and processes (so the loss is one mean over the whole accumulated
-batch), backpropagates each micro-batch, all-reduces gradients once (data parallel), clips, and steps
-AdamW and the schedule. A non-finite loss or gradient skips the step with params and optimizer
+batch), runs each micro-batch's loss through the strategy's wrapped module and backpropagates it (DDP
+all-reduces, FSDP2 reduce-scatters the gradients; DDP skips the sync on accumulation steps), clips the
+global gradient norm, and steps AdamW and the schedule. A non-finite loss or gradient skips the step with params and optimizer
 untouched; `max_consecutive_skips` in a row abort. Logging, evaluation, atomic checkpoints, exact
 resume and the final `save_pretrained` folder live here too.
 """
@@ -19,6 +21,8 @@ import torch.distributed as dist
 
 from posttrain.config import ConfigError, plain, to_yaml
 from posttrain.core import checkpoint as ckpt
+from posttrain.core import checkpoint_integrity as integrity
+from posttrain.core.divergence import abs_max, divergence_problems
 from posttrain.core.metrics_log import MetricsLogger, read_metrics
 from posttrain.core.models import save_final
 
@@ -84,6 +88,7 @@ class Engine:
         self.device = self.accelerator.device
         self.ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
         self.step, self.skipped, self.consecutive_skips = 0, 0, 0
+        self.last_loss, self.init_abs_max = None, None
         algorithm.setup(self)
         self._sync_initial_params()
         self.strategy.wrap(self.model)
@@ -142,28 +147,40 @@ class Engine:
 
     # ----------------------------------------------------------------- resume / save
     def _resume(self) -> None:
-        if not self.cfg.resume:
-            return
-        path = ckpt.latest_complete(self.ckpt_root, log=self.say)
-        if path is None:
-            return
-        from posttrain.core import checkpoint_sharded as sharded
+        if self.is_main:
+            for p in integrity.clean_temp_folders(self.cfg.output_dir, self.ckpt_root):
+                self.say(f"removed {p}, a temp folder left by an interrupted run")
+        if self.cfg.resume:
+            from posttrain.core import checkpoint_sharded as sharded
 
-        if self.strategy.sharded or sharded.is_sharded(path):
-            meta, algo_state = sharded.load(path, model=self.model, optimizer=self.optimizer,
-                                            scheduler=self.scheduler, rank=self.rank, world=self.world)
-        else:
-            meta, algo_state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer,
-                                                    scheduler=self.scheduler, rank=self.rank)
-        self.step, self.skipped = meta["step"], meta.get("skipped", 0)
-        self.consecutive_skips = meta.get("consecutive_skips", 0)
-        self.algo.load_state_dict(algo_state)
+            found = sharded.resume_latest(self.ckpt_root, self.strategy.sharded, model=self.model,
+                                          optimizer=self.optimizer, scheduler=self.scheduler, rank=self.rank,
+                                          world=self.world, is_main=self.is_main, barrier=self.barrier, log=self.say)
+            if found is not None:
+                meta, algo_state = found
+                self.step, self.skipped = meta["step"], meta.get("skipped", 0)
+                self.consecutive_skips = meta.get("consecutive_skips", 0)
+                self.init_abs_max = meta.get("init_abs_max")
+                self.algo.load_state_dict(algo_state)
+        if self.init_abs_max is None:
+            self.init_abs_max = abs_max(self.params)
+        self._warn_if_short_of_space()
+
+    def _warn_if_short_of_space(self) -> None:
+        """Before the first save: warn when the free space cannot hold two checkpoints."""
+        if not self.is_main:
+            return
+        need, free = integrity.estimate_bytes(self.model, self.optimizer), integrity.free_bytes(self.ckpt_root)
+        if free < 2 * need:
+            self.say(f"warning: the {integrity.mb(free)} free where checkpoints go ({self.ckpt_root}) cannot hold two "
+                     f"checkpoints of ~{integrity.mb(need)} each; free some space or point output_dir elsewhere")
 
     def save_checkpoint(self) -> str:
         kw = dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                   algo_state=self.algo.state_dict(), config_yaml=to_yaml(self.cfg), is_main=self.is_main,
                   rank=self.rank, barrier=self.barrier, keep=self.cfg.save_total_limit,
-                  trainer_state={"skipped": self.skipped, "consecutive_skips": self.consecutive_skips})
+                  trainer_state={"skipped": self.skipped, "consecutive_skips": self.consecutive_skips,
+                                 "init_abs_max": self.init_abs_max})
         if self.strategy.sharded:
             from posttrain.core import checkpoint_sharded as sharded
 
@@ -200,6 +217,7 @@ class Engine:
         clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
         grad_norm = self.strategy.clip(self.params, clip)
         finite = math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)
+        self.last_loss = metrics["loss"]
         if finite:
             self.optimizer.step()
             self.scheduler.step()
@@ -266,16 +284,41 @@ class Engine:
             bar.close()
             log.close()
         self._finish()
-        return last
+        return {**last, "skipped_steps": self.skipped}
+
+    def _refuse_if_diverged(self) -> None:
+        """Before the last checkpoint and the final folder: a diverged run is an error, not a result (the
+        older checkpoints are left as they are)."""
+        c = self.cfg
+        problems = divergence_problems(model=self.model, last_loss=self.last_loss, skipped=self.skipped,
+                                       steps=self.step, init_abs_max=self.init_abs_max,
+                                       max_skipped_fraction=c.max_skipped_fraction,
+                                       max_weight_growth=c.max_weight_growth)
+        if problems:
+            raise TrainingAborted(f"the run diverged, so no final model was saved: {'; '.join(problems)}. "
+                                  f"{ckpt.newest_complete_name(self.ckpt_root).capitalize()} (in {self.ckpt_root}); "
+                                  "lower learning_rate or check the data and mixed precision, and rerun")
+
+    def _save_final(self, out: str, state_dict: dict | None = None) -> None:
+        """`state_dict`: the full weights gathered from a sharded model (fsdp2)."""
+        try:
+            save_final(self.model, self.tokenizer, out, merge_lora=self.cfg.lora.merge_on_save, state_dict=state_dict)
+        except Exception as e:
+            need = integrity.model_bytes(self.model)
+            if integrity.is_disk_full(e, self.cfg.output_dir, 2**20):
+                integrity.clean_temp_folders(self.cfg.output_dir, self.ckpt_root)
+                raise ckpt.disk_full_error("the final model", out, need, self.ckpt_root) from None
+            raise
 
     def _finish(self) -> None:
         c = self.cfg
+        self._refuse_if_diverged()
         if not any(s == self.step for s, _ in ckpt.list_checkpoints(self.ckpt_root)):
             self.save_checkpoint()
+        self.say(f"{self.skipped} of {self.step} steps were skipped as non-finite")
         full = self.strategy.full_state_dict()  # collective: every process takes part in the gather
         if self.is_main:
-            save_final(self.model, self.tokenizer, os.path.join(c.output_dir, "final"), merge_lora=c.lora.merge_on_save,
-                       state_dict=full)
+            self._save_final(os.path.join(c.output_dir, "final"), full)
             self.plot()
         self.algo.finish(self)
         self.barrier()
