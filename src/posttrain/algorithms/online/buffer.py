@@ -16,8 +16,9 @@ class RoundBatch(RolloutBatch):
     """A micro-batch of a round whose `old_logps` first hold the sampler's log-probs; on the first
     optimisation pass the loss replaces them by the trainer's own (detached) log-probs, so that pass
     has ratio exactly 1 and later passes take ratios against the policy that sampled. `fresh` is True
-    until that happened."""
+    until that happened (and `is_weights` [B, T] holds the rollout IS correction then computed, if any)."""
     fresh: bool = True
+    is_weights: Tensor | None = None
 
 
 def collate_rollouts(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, device,

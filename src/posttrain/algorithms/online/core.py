@@ -84,24 +84,26 @@ class OnlineAlgorithm(Algorithm):
         """The sampling seed of round `rnd` on this process (round -1: evaluation)."""
         return ((self.cfg.seed * 1_000_003 + rnd) * 1_009 + self.engine.rank) % (2 ** 62)
 
-    def sampling(self, rnd: int, temperature: float | None = None):
+    def sampling(self, rnd: int, temperature: float | None = None, attempt: int = 0):
+        """How round `rnd` samples; `attempt` > 0: a further generation of the round (another seed)."""
         from posttrain.rollout import SamplingParams
 
         c = self.cfg
         return SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature if temperature is None
                               else temperature, top_p=c.top_p, top_k=c.top_k, stop=tuple(c.stop or ()),
-                              seed=self.round_seed(rnd))
+                              seed=(self.round_seed(rnd) + 7_919 * attempt) % (2 ** 62))
 
     def sync_policy(self) -> None:
         """Make the backend sample from the current weights (a no-op for hf: it samples the policy itself)."""
         self.backend.sync_weights(self.engine.model)
 
-    def generate(self, rnd: int):
-        """`(prompt indices, Rollouts)` of round `rnd`: `samples_per_prompt` completions per prompt."""
-        idx = self.sampler.micro_indices(rnd)[0]
+    def generate(self, rnd: int, idx: list[int] | None = None, attempt: int = 0):
+        """`(prompt indices, Rollouts)` of round `rnd`: `samples_per_prompt` completions of each prompt
+        `idx` (default: the round's own prompts), weights synced first."""
+        idx = self.sampler.micro_indices(rnd)[0] if idx is None else idx
         self.sync_policy()
         return idx, self.backend.generate([self.prompts.texts[i] for i in idx], self.samples_per_prompt,
-                                          self.sampling(rnd))
+                                          self.sampling(rnd, attempt=attempt))
 
     def score(self, prompts, idx: list[int], rollouts):
         """`RewardOutput` of `rollouts` (`rollouts.n` completions of each prompt `idx` of `prompts`): the
