@@ -158,3 +158,12 @@ def test_bad_variant_settings_are_named():
                            ("advantage=ppo", "advantage"), ("overlong_cache=999", "overlong_cache")]:
         with pytest.raises(ValueError, match=word):
             GRPO(load_config(GRPOConfig, None, [override]))
+
+
+@pytest.mark.parametrize("name", ["gspo-tiny", "cispo-tiny", "sapo-tiny", "dapo-tiny", "reinforce-pp-tiny"])
+def test_variant_recipes_load_and_pass_the_checks(name):
+    from posttrain.algorithms.grpo import GRPO, GRPOConfig
+    from posttrain.config import load_config
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "recipes")
+    GRPO(load_config(GRPOConfig, os.path.join(root, f"{name}.yaml")))

@@ -39,31 +39,38 @@ def user_text(prompt) -> str:
 def load_prompts(spec, tokenizer, *, budget: int, template: str | None = None,
                  max_rows: int | None = None) -> Prompts:
     """The usable prompt rows of data `spec` (`formats.load_rows`, validated as "prompt" data), at most
-    the first `max_rows` of them; a `ValueError` when none is usable."""
-    from .chat import Drop, encode_prompt
+    the first `max_rows` of them. Rows that cannot be encoded are ONE `DataError` (file, line, field);
+    messages without a chat template, or no usable row at all, are a `DataError` with the reasons."""
+    from .chat import BadRow, Drop, encode_prompt
+    from .errors import DataError, Problem, files_of
     from .formats import load_rows
 
     rows = load_rows(spec, split="train", kind="prompt")
-    texts, kept_rows, dropped = [], [], {}
-    candidates = []
-    for row in rows:
+    candidates, problems, dropped = [], [], {}
+    for row, src in zip(rows, rows.sources):
         try:
             candidates.append((template.format(prompt=user_text(row["prompt"])) if template
                                else encode_prompt(row, tokenizer), row))
-        except Drop as e:
-            dropped[e.reason] = dropped.get(e.reason, 0) + 1
+        except BadRow as e:
+            problems.append(Problem(src, e.field, e.expected, e.found))
+        except Drop:
+            raise DataError(f"{files_of(rows.sources)}: the prompts are messages but the tokenizer has no chat "
+                            "template; set prompt_template (e.g. 'Question: {prompt}\\nAnswer:')") from None
+    if problems:
+        raise DataError(problems, header=f"{len(problems)} bad prompt row{'s' if len(problems) != 1 else ''}")
     lengths = [len(ids) for ids in tokenizer([t for t, _ in candidates], add_special_tokens=False)["input_ids"]] \
         if candidates else []
+    texts, kept_rows = [], []
+    too_long = f"longer than max_length - max_new_tokens = {budget} tokens"
     for (text, row), n in zip(candidates, lengths):
-        reason = "empty prompt" if n == 0 else "prompt + max_new_tokens > max_length" if n > budget else None
+        reason = "empty prompt" if n == 0 else too_long if n > budget else None
         if reason:
             dropped[reason] = dropped.get(reason, 0) + 1
         elif max_rows is None or len(texts) < max_rows:
             texts.append(text)
             kept_rows.append(dict(row))
     if not texts:
-        hint = "; set prompt_template (e.g. 'Question: {prompt}\\nAnswer:')" \
-            if "no chat template for messages" in dropped else ""
-        raise ValueError(f"no usable prompt in {spec!r} (room for the prompt: {budget} tokens = max_length - "
-                         f"max_new_tokens; dropped: {dropped}){hint}")
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(dropped.items()))
+        raise DataError(f"{files_of(rows.sources)}: no usable prompt among {len(rows)}: dropped "
+                        f"{sum(dropped.values())} ({reasons})")
     return Prompts(texts, kept_rows, dropped)
