@@ -254,8 +254,9 @@ class Engine:
                                        max_weight_growth=c.max_weight_growth)
         if problems:
             raise TrainingAborted(f"the run diverged, so no final model was saved: {'; '.join(problems)}. "
-                                  f"{ckpt.newest_complete_name(self.ckpt_root).capitalize()} (in {self.ckpt_root}); "
-                                  "lower learning_rate or check the data and mixed precision, and rerun")
+                                  f"{ckpt.newest_complete_name(self.ckpt_root).capitalize()} (in {self.ckpt_root}; "
+                                  "it may hold diverged weights already). Lower learning_rate or check the data and "
+                                  "mixed precision, then rerun with resume=false to start over")
 
     def _save_final(self, out: str) -> None:
         try:
