@@ -55,7 +55,6 @@ class KTO(Algorithm):
         self.eval_examples = []
 
     def setup(self, engine) -> None:
-        from posttrain.core.models import Reference
         from posttrain.data.formats import load_rows
 
         c, tok = self.cfg, engine.tokenizer
@@ -67,7 +66,7 @@ class KTO(Algorithm):
             rows = rows.subset(range(min(len(rows), c.data.max_eval_rows or len(rows))))
             self.eval_examples, summary = build_unpaired_examples(rows, tok, max_length=c.max_length)
             engine.say(f"eval unpaired rows: {summary}")
-        self.ref = Reference(engine.model)
+        self.ref = engine.reference()
         self.sampler = StepSampler(len(self.examples), c.batch_size, c.grad_accum, c.seed, engine.rank, engine.world)
 
     def _collate(self, examples):
@@ -76,7 +75,7 @@ class KTO(Algorithm):
     def micro_batches(self, step: int):
         return [self._collate([self.examples[i] for i in idx]) for idx in self.sampler.micro_indices(step)]
 
-    def loss(self, model, batch, num_items: float):
+    def loss(self, model, batch, norm):
         c = self.cfg
         logps = _seq_logps(model, batch.input_ids, batch.attention_mask, batch.mask, c.logits_chunk)
         with torch.no_grad():
@@ -92,7 +91,7 @@ class KTO(Algorithm):
         losses, metrics = kto_loss(logps, ref_logps, batch.labels, z_ref, beta=c.beta,
                                    desirable_weight=c.desirable_weight, undesirable_weight=c.undesirable_weight)
         metrics["rewards/margin"] = metrics["rewards/desirable"] - metrics["rewards/undesirable"]
-        return losses.sum() / num_items, metrics
+        return losses.sum() / norm.num_items, metrics
 
     def has_eval(self) -> bool:
         return bool(self.eval_examples)

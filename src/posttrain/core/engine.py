@@ -1,11 +1,12 @@
 """The one training loop every algorithm shares, on `accelerate` and the distributed engine that
 `distributed.strategy` selects (`core/strategy.py`: none, ddp, fsdp2, deepspeed).
 
-Per optimizer step: the algorithm hands over this process's micro-batches; the engine sums their
-normaliser over all micro-batches and processes (so the loss is one mean over the whole accumulated
-batch), runs each micro-batch's loss through the strategy's wrapped module and backpropagates it (DDP
-all-reduces, FSDP2 reduce-scatters the gradients; DDP skips the sync on accumulation steps), clips the
-global gradient norm, and steps AdamW and the schedule. A non-finite loss or gradient skips the step with params and optimizer
+Per optimizer step: the algorithm hands over this process's micro-batches; the engine builds the
+step's `Normaliser` from their `counts` summed over all micro-batches and processes (so the loss is
+one mean over the whole accumulated batch) and passes it to every `loss` call, runs each micro-batch's
+loss through the strategy's wrapped module and backpropagates it (DDP all-reduces, FSDP2 reduce-scatters
+the gradients; DDP skips the sync on accumulation steps), clips the global gradient norm, and steps
+AdamW and the schedule. A non-finite loss or gradient skips the step with params and optimizer
 untouched; `max_consecutive_skips` in a row abort. Logging, evaluation, atomic checkpoints, exact
 resume and the final `save_pretrained` folder live here too.
 """
@@ -22,9 +23,11 @@ import torch.distributed as dist
 from posttrain.config import ConfigError, plain, to_yaml
 from posttrain.core import checkpoint as ckpt
 from posttrain.core import checkpoint_integrity as integrity
+from posttrain.core.distributed import all_reduce
 from posttrain.core.divergence import abs_max, divergence_problems
 from posttrain.core.metrics_log import MetricsLogger, read_metrics
 from posttrain.core.models import save_final
+from posttrain.losses.reduce import step_normaliser
 
 
 class TrainingAborted(RuntimeError):
@@ -50,16 +53,8 @@ def apply_global_batch(cfg, world: int) -> None:
         return
     if g % (world * cfg.grad_accum):
         raise ConfigError(f"distributed.global_batch_size {g} is not divisible by {world} processes x grad_accum "
-                         f"{cfg.grad_accum}; pick a multiple of {world * cfg.grad_accum}")
+                          f"{cfg.grad_accum}; pick a multiple of {world * cfg.grad_accum}")
     cfg.batch_size = g // (world * cfg.grad_accum)
-
-
-def _all_reduce(values: list[float], op=None) -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t.tolist()
 
 
 class Engine:
@@ -189,15 +184,15 @@ class Engine:
 
     # ----------------------------------------------------------------- one step
     def _backward_step(self, micros) -> dict:
-        local_items = sum(self.algo.num_items(m) for m in micros)
-        local_tokens = sum(self.algo.tokens(m) for m in micros)
-        num_items, tokens = _all_reduce([local_items, local_tokens])
-        num_items = max(num_items, 1e-8)
+        # the step's normaliser, for every algorithm: counts summed over micro-batches and processes
+        local = [sum(c) for c in zip(*(self.algo.counts(m) + (self.algo.tokens(m),) for m in micros))]
+        items, loss_tokens, rows, tokens = all_reduce(local)
+        norm = step_normaliser(items, loss_tokens, rows, self.algo.max_len())
         loss_sum, sums = 0.0, {}
         for i, m in enumerate(micros):
             with self.strategy.accumulate(i == len(micros) - 1):
                 with self.accelerator.autocast():
-                    loss, metrics = self.strategy.forward(self.algo.loss, m, num_items)
+                    loss, metrics = self.strategy.forward(self.algo.loss, m, norm)
                 self.strategy.backward(loss)
             loss_sum = loss_sum + loss.detach()
             for k, v in metrics.items():
@@ -206,7 +201,7 @@ class Engine:
         # one host transfer for all metrics of the step (a GPU sync per metric would stall the stream)
         values = torch.stack([torch.as_tensor(x, dtype=torch.float32, device=self.device).reshape(())
                               for x in [loss_sum] + [sums[k] for k in keys]]).tolist()
-        reduced = _all_reduce([values[0]] + [v / len(micros) for v in values[1:]])
+        reduced = all_reduce([values[0]] + [v / len(micros) for v in values[1:]])
         out = {"loss": reduced[0], **{k: v / self.world for k, v in zip(keys, reduced[1:])}}
         out["tokens"] = tokens
         return out
@@ -296,8 +291,9 @@ class Engine:
                                        max_weight_growth=c.max_weight_growth)
         if problems:
             raise TrainingAborted(f"the run diverged, so no final model was saved: {'; '.join(problems)}. "
-                                  f"{ckpt.newest_complete_name(self.ckpt_root).capitalize()} (in {self.ckpt_root}); "
-                                  "lower learning_rate or check the data and mixed precision, and rerun")
+                                  f"{ckpt.newest_complete_name(self.ckpt_root).capitalize()} (in {self.ckpt_root}; "
+                                  "it may hold diverged weights already). Lower learning_rate or check the data and "
+                                  "mixed precision, then rerun with resume=false to start over")
 
     def _save_final(self, out: str, state_dict: dict | None = None) -> None:
         """`state_dict`: the full weights gathered from a sharded model (fsdp2)."""
