@@ -27,14 +27,13 @@ def local_bytes(engine) -> int:
 
 
 def main() -> None:
-    from posttrain.cli import TRAINERS, _register_optional
+    from posttrain.algorithms import load_trainer
     from posttrain.config import load_config
     from posttrain.core.engine import Engine
 
     spec = json.loads(sys.argv[1])
-    _register_optional()
     for run in spec["runs"]:
-        cfg_cls, train = TRAINERS[run["algo"]]()
+        cfg_cls, train = load_trainer(run["algo"])
         cfg = load_config(cfg_cls, run.get("config"), run["overrides"] + [f"output_dir={run['out']}"])
         if not run.get("measure_bytes"):
             train(cfg)
