@@ -17,7 +17,7 @@ def _sft():
 
 # name -> () -> (config dataclass, run function). Each algorithm adds one line here.
 TRAINERS = {"sft": _sft}
-EXTRA_TRAINERS = ("rm", "dpo", "grpo", "ppo", "kto", "orpo")
+EXTRA_TRAINERS = ("rm", "dpo", "grpo", "ppo", "kto", "orpo", "online_dpo", "gkd")
 
 
 def _register_optional() -> None:
