@@ -10,6 +10,8 @@ because Arrow-backed loaders fill a column missing from some rows with null):
   `chosen` + `rejected` message lists sharing at least their first message; or a ranking: `prompt` +
   `responses` (>= 2, best first; str, or message lists when the prompt is messages). Optional `margin`.
 - `prompt`: `prompt` as str or message list; any other columns (`answer`, `tests`, ...) pass through.
+- `unpaired` (KTO): `prompt` + `completion` (both str, or both message lists) + `label` (bool, required:
+  true = a desirable completion).
 
 A message is an object with a str `role` and a str `content` (content may be null on a message that
 carries `tool_calls`).
@@ -147,8 +149,21 @@ def check_prompt(row: dict) -> Check | None:
     return _text_or_messages(row, "prompt")
 
 
+def check_unpaired(row: dict) -> Check | None:
+    if not present(row, "label"):
+        return "label", "true or false (unpaired rows: prompt, completion, label)", _found(row, "label")
+    if not isinstance(row["label"], bool):
+        return "label", "a bool (true = desirable completion)", describe(row["label"])
+    bad = _text_or_messages(row, "prompt")
+    if bad:
+        return bad
+    if not present(row, "completion"):
+        return "completion", "a str or messages to go with 'prompt'", _found(row, "completion")
+    return _same_type(row, "completion", not isinstance(row["prompt"], str))
+
+
 CHECKS: dict[str, Callable[[dict], Check | None]] = {
-    "sft": check_sft, "preference": check_preference, "prompt": check_prompt,
+    "sft": check_sft, "preference": check_preference, "prompt": check_prompt, "unpaired": check_unpaired,
 }
 
 
