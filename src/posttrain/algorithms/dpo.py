@@ -1,6 +1,7 @@
 """Direct preference optimisation and its variants, offline on preference pairs.
 
-`loss` picks one function of `posttrain.losses.preference.DPO_LOSSES` once, at build time:
+`loss` picks one row of `posttrain.losses.preference.DPO_LOSSES` ({name: (function, needs_reference)})
+once, at build time, with the settings that variant takes bound (`bind_dpo_loss`):
   sigmoid  DPO (Rafailov et al. 2023); with label_smoothing > 0, conservative DPO (cDPO)
   ipo      IPO (Azar et al. 2023), on token-averaged log-probs as TRL does
   hinge    SLiC-style hinge on the log-ratios
@@ -31,9 +32,7 @@ from posttrain.core.algorithm import Algorithm, StepSampler
 from posttrain.core.logprobs import hidden_states, sequence_logp_sums, token_logps
 from posttrain.data.packed_pairs import choose_collate
 from posttrain.data.preference import load_preference_splits, response_collate
-from posttrain.losses.preference import DPO_LOSSES
-
-REFERENCE_FREE = {"simpo"}
+from posttrain.losses.preference import bind_dpo_loss
 
 
 @dataclass
@@ -85,8 +84,6 @@ class DPO(Algorithm):
                  "logps/chosen", "logps/rejected", "eval/rewards/accuracy", "grad_norm")
 
     def __init__(self, cfg: DPOConfig):
-        if cfg.loss not in DPO_LOSSES:
-            raise ValueError(f"loss: expected one of {sorted(DPO_LOSSES)}, found '{cfg.loss}'")
         if not cfg.beta > 0:
             raise ValueError(f"beta must be > 0, got {cfg.beta}")
         if cfg.rpo_alpha < 0:
@@ -94,13 +91,12 @@ class DPO(Algorithm):
         if cfg.data.packing:
             raise ValueError("data.packing: not used by DPO (padding_free packs pairs, on by default); set it false")
         self.cfg = cfg
-        self.loss_fn = DPO_LOSSES[cfg.loss]
-        self.needs_ref = cfg.loss not in REFERENCE_FREE
+        self.loss_fn, self.needs_ref = bind_dpo_loss(cfg.loss, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
+                                                     simpo_gamma=cfg.simpo_gamma)
         self.ref = None
         self.eval_examples = []
 
     def setup(self, engine) -> None:
-        from posttrain.core.models import Reference
 
         c = self.cfg
         self.engine, self.pad_id = engine, engine.tokenizer.pad_token_id
@@ -109,7 +105,7 @@ class DPO(Algorithm):
             engine.say("padding-free pairs: each batch is one packed row, attention per sequence (sdpa_varlen)")
         self.examples, self.eval_examples = load_preference_splits(c, engine.tokenizer, engine.say)
         if self.needs_ref:
-            self.ref = Reference(engine.model)
+            self.ref = engine.reference()
             if c.precompute_ref:
                 self.precompute(self.examples + self.eval_examples)
                 self.ref = None  # every batch carries its reference log-probs now; free the copy
@@ -166,9 +162,8 @@ class DPO(Algorithm):
         logps = batch_logps(model, batch, c.logits_chunk)                                                # [2P]
         lengths = sequence_lengths(batch)                                                                # [2P]
         ref_chosen, ref_rejected = batch.ref_chosen_logps, batch.ref_rejected_logps  # None for SimPO
-        losses, r_chosen, r_rejected = self.loss_fn(
-            logps[:p], logps[p:], ref_chosen, ref_rejected, beta=c.beta, label_smoothing=c.label_smoothing,
-            simpo_gamma=c.simpo_gamma, chosen_lengths=lengths[:p], rejected_lengths=lengths[p:])
+        losses, r_chosen, r_rejected = self.loss_fn(logps[:p], logps[p:], ref_chosen, ref_rejected,
+                                                    lengths[:p], lengths[p:])
         loss = (w * losses).sum() / norm.num_items
         metrics = {"rewards/chosen": _wmean(r_chosen, w), "rewards/rejected": _wmean(r_rejected, w),
                    "rewards/accuracy": _wmean((r_chosen > r_rejected).float(), w),

@@ -5,6 +5,8 @@ step (8 x 512 x 152k x 4 bytes = 2.5 GB). Here the decoder runs once, and the ou
 a chunk of positions at a time inside activation checkpointing, so the backward pass recomputes each
 chunk's logits instead of keeping them: peak memory holds one chunk of logits (at most 128 MiB by
 default), never all of them. Small vocabularies fit in one chunk and skip the recomputation.
+Under fsdp2 the whole computation runs inside one forward of the FSDP root (`core.strategy.call_root`):
+the output head is the gathered full weight, never this process's shard.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+from posttrain.core.strategy import call_root
 
 
 def _chunk_logps(head, hidden: Tensor, targets: Tensor, softcap: float | None, temperature: float,
@@ -39,12 +43,17 @@ def auto_chunk(vocab_size: int) -> int:
     return max(1, LOGITS_PER_CHUNK // max(1, vocab_size))
 
 
+def _hidden(model, input_ids, attention_mask, position_ids) -> Tensor:
+    out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=False)
+    return out.last_hidden_state
+
+
 def hidden_states(model, input_ids: Tensor, attention_mask: Tensor | None = None,
                   position_ids: Tensor | None = None) -> Tensor:
-    """Final (normed) hidden states `[B, T, H]` of a causal LM, PEFT-wrapped or not."""
-    decoder = model.get_decoder()
-    out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    return out.last_hidden_state
+    """Final (normed) hidden states `[B, T, H]` of a causal LM, PEFT-wrapped or not (an FSDP2 root is
+    entered through `call_root`, so its own parameters are gathered)."""
+    return call_root(model, _hidden, input_ids, attention_mask, position_ids)
 
 
 def logps_from_hidden(model, hidden: Tensor, input_ids: Tensor, *, chunk_size: int = 0,
@@ -84,7 +93,12 @@ def token_logps(model, input_ids: Tensor, attention_mask: Tensor | None = None, 
     With `with_entropy=True` returns `(logps, entropy)`, entropy of the next-token distribution that
     predicted position t (float32 `[B, T]`, no gradient needed by callers that only log it).
     """
-    hidden = hidden_states(model, input_ids, attention_mask, position_ids)
+    return call_root(model, _token_logps, input_ids, attention_mask, position_ids, chunk_size, temperature,
+                     with_entropy)
+
+
+def _token_logps(model, input_ids, attention_mask, position_ids, chunk_size, temperature, with_entropy):
+    hidden = _hidden(model, input_ids, attention_mask, position_ids)
     logps, entropy = logps_from_hidden(model, hidden, input_ids, chunk_size=chunk_size,
                                        temperature=temperature, with_entropy=with_entropy)
     return (logps, entropy) if with_entropy else logps

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from posttrain.core.strategy import gathered
+
 from .base import Rollouts, SamplingParams, check_prompts, cut_at_stop
 
 
@@ -188,7 +190,7 @@ class HFBackend:
         per_chunk = max(1, self.batch_size // n)
         completions: list[list[int]] = []
         logps: list[list[float]] = []
-        with eval_mode(self.model):
+        with eval_mode(self.model), gathered(self.model):  # fsdp2: each layer gathered once, not per token
             for start in range(0, len(prompt_ids), per_chunk):
                 ids, lps = self._generate_chunk(prompt_ids[start:start + per_chunk], n, params, generator)
                 completions += ids
