@@ -110,3 +110,32 @@ def full_logps_reference(model, input_ids: Tensor, attention_mask: Tensor | None
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits.float()
     lp = F.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     return torch.cat([lp.new_zeros((lp.shape[0], 1)), lp], dim=1)
+
+
+def sequence_logp_sums(model, hidden: Tensor, input_ids: Tensor, mask: Tensor, seq_ids: Tensor, num_seqs: int, *,
+                       chunk_size: int = 0) -> Tensor:
+    """Per-sequence sums of the masked token log-probs, float32 `[num_seqs]`; the head runs ONLY where
+    `mask` scores a token (no logits for prompt or padding positions).
+
+    `hidden` `[B, T, H]` from `hidden_states`; `mask` `[B, T]` (token-aligned: position t scores
+    input_ids[:, t], predicted from hidden[:, t - 1]); `seq_ids` `[B, T]` long, the sequence each
+    position belongs to (a padded batch: its row; a packed row: 0, 1, ... per packed sequence).
+    Equal to `(token_logps(...) * mask)` summed per sequence; a position whose predecessor lies in
+    another packed sequence must have mask 0 (a sequence's first token never scores).
+    """
+    h = hidden.shape[-1]
+    sel = torch.nonzero(mask[:, 1:].reshape(-1), as_tuple=True)[0]        # scored positions (shifted)
+    flat_h = hidden[:, :-1].reshape(-1, h).index_select(0, sel)
+    targets = input_ids[:, 1:].reshape(-1).index_select(0, sel)
+    weights = mask[:, 1:].reshape(-1).index_select(0, sel).float()
+    owners = seq_ids[:, 1:].reshape(-1).index_select(0, sel)
+    head = model.get_output_embeddings()
+    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    step = chunk_size if chunk_size > 0 else auto_chunk(head.weight.shape[0])
+    recompute = torch.is_grad_enabled() and flat_h.requires_grad and flat_h.shape[0] > step
+    pieces = []
+    for s in range(0, flat_h.shape[0], step):
+        args = (head, flat_h[s:s + step], targets[s:s + step], softcap, 1.0, False)
+        pieces.append((checkpoint(_chunk_logps, *args, use_reentrant=False) if recompute else _chunk_logps(*args))[0])
+    lp = torch.cat(pieces) if pieces else flat_h.new_zeros((0,), dtype=torch.float32)
+    return lp.new_zeros(num_seqs).index_add(0, owners, lp * weights)

@@ -49,6 +49,17 @@ def filter_top_k_top_p(scores: Tensor, top_k: int, top_p: float) -> Tensor:
     return scores
 
 
+def draw(probs: Tensor, generator: torch.Generator) -> Tensor:
+    """One index per row of `probs` [A, V] (rows need not be normalised), by inverse CDF: u ~ U[0, 1) per
+    row, the first index whose cumulative mass exceeds u * total. The same categorical distribution as
+    `torch.multinomial(probs, 1)`, at a fraction of its CPU cost (A uniforms instead of A x V exponentials);
+    a zero-probability index is never drawn (its cumulative mass equals its predecessor's)."""
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
+    top = (cdf < cdf[:, -1:]).sum(-1, keepdim=True)  # where the mass reaches its total (u * total may round up)
+    return torch.minimum(torch.searchsorted(cdf, u * cdf[:, -1:], right=True), top).squeeze(1)
+
+
 def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Draw one token per row of `logits` [A, V] (float32). Returns (tokens [A] long, logps [A]).
 
@@ -61,7 +72,7 @@ def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generat
         scaled = logits / params.temperature
         logps = torch.log_softmax(scaled, dim=-1)
         probs = filter_top_k_top_p(scaled, params.top_k, params.top_p).softmax(dim=-1)
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        tokens = draw(probs, generator)
     return tokens, logps.gather(1, tokens[:, None]).squeeze(1)
 
 
