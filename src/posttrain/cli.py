@@ -70,7 +70,9 @@ def print_keys(name: str, cls) -> None:
 
 
 def run_trainer(name: str, argv: list[str]) -> int:
-    from posttrain.config import load_config, to_yaml
+    from posttrain.api import TrainResult
+    from posttrain.config import load_config
+    from posttrain.console import closing, summary
 
     cfg_cls, run = TRAINERS[name]()
     config, overrides, want_help = _split_args(argv)
@@ -79,13 +81,10 @@ def run_trainer(name: str, argv: list[str]) -> int:
         return 0
     cfg = load_config(cfg_cls, config, overrides)
     if _is_main_process():
-        print(f"# posttrain {name}: resolved config (saved to {cfg.output_dir}/config.yaml)\n{to_yaml(cfg)}",
-              file=sys.stderr)
-    last = run(cfg)
+        print(summary(name, cfg), file=sys.stderr)
+    last = run(cfg) or {}
     if _is_main_process():
-        out = os.path.abspath(cfg.output_dir)
-        print(f"done: loss {last.get('loss', float('nan')):.4f}\n  metrics   {out}/metrics.jsonl\n"
-              f"  plot      {out}/loss.png\n  model     {out}/final\n  checkpoints {out}/checkpoints")
+        print(closing(TrainResult(os.path.abspath(cfg.output_dir), last, cfg)))
     return 0
 
 
@@ -148,13 +147,11 @@ def dispatch(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from posttrain.errors import USER_ERRORS
+    from posttrain.console import quiet_libraries
+    from posttrain.errors import run_guarded
 
-    try:
-        return dispatch(sys.argv[1:] if argv is None else argv)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    quiet_libraries()
+    return run_guarded(dispatch, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from posttrain.config import plain, to_yaml
 from posttrain.core import checkpoint as ckpt
 from posttrain.core.metrics_log import MetricsLogger, read_metrics
 from posttrain.core.models import save_final
+from posttrain.core.signals import StopFlag, TrainingInterrupted
 
 
 class TrainingAborted(RuntimeError):
@@ -52,13 +53,18 @@ class Engine:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
+        from posttrain.core.threads import pick_threads
+
         self.cfg, self.algo = cfg, algorithm
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        threads, why = pick_threads(cfg.threads)
+        torch.set_num_threads(threads)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                                        mixed_precision=mixed_precision_name(cfg.mixed_precision))
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
+        self.say(f"CPU threads per process: {threads} ({why})")
+        self.ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
+        self._check_resume_config()
         set_seed(cfg.seed)
         if model is None:
             from posttrain.core.models import load_model
@@ -66,7 +72,6 @@ class Engine:
             model, tokenizer = load_model(cfg)
         self.model, self.tokenizer = model.to(self.accelerator.device), tokenizer
         self.device = self.accelerator.device
-        self.ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
         self.step, self.skipped, self.consecutive_skips = 0, 0, 0
         algorithm.setup(self)
         self._sync_initial_params()
@@ -105,6 +110,27 @@ class Engine:
             print(f"[posttrain] {msg}", file=sys.stderr, flush=True)
 
     # ----------------------------------------------------------------- resume / save
+    def _check_resume_config(self) -> None:
+        """Before anything is loaded: refuse to resume a checkpoint trained with other settings."""
+        if not self.cfg.resume:
+            return
+        from posttrain.core.resume_check import check_resume_config
+
+        path = ckpt.latest_complete(self.ckpt_root, log=lambda msg: None)
+        if path is not None:
+            check_resume_config(path, self.cfg)
+
+    def _already_finished(self) -> dict | None:
+        """The last logged metrics (plus `already_finished`) when a resumed run has nothing left to do."""
+        final = os.path.join(self.cfg.output_dir, "final")
+        if self.step < self.cfg.max_steps or not os.path.isdir(final):
+            return None
+        self.say(f"already finished at step {self.step}: {os.path.abspath(final)} "
+                 f"(raise max_steps to train on, or use a new output_dir / resume=false to train again)")
+        path = os.path.join(self.cfg.output_dir, "metrics.jsonl")
+        rows = read_metrics(path) if os.path.exists(path) else []
+        return {**(rows[-1] if rows else {}), "already_finished": True, "step": self.step}
+
     def _resume(self) -> None:
         if not self.cfg.resume:
             return
@@ -197,6 +223,9 @@ class Engine:
 
         c = self.cfg
         self._resume()
+        done = self._already_finished()
+        if done is not None:
+            return done
         if self.is_main:
             os.makedirs(c.output_dir, exist_ok=True)
             with open(os.path.join(c.output_dir, "config.yaml"), "w") as f:
@@ -207,6 +236,14 @@ class Engine:
         bar = tqdm(total=c.max_steps, initial=self.step, disable=not self.is_main, desc=self.algo.name,
                    dynamic_ncols=True, file=sys.stderr)
         last = {}
+        stop = StopFlag(self.say)
+        with stop:
+            last = self._loop(log, bar, stop)
+        self._finish()
+        return last
+
+    def _loop(self, log, bar, stop) -> dict:
+        c, last = self.cfg, {}
         try:
             while self.step < c.max_steps:
                 t0 = time.perf_counter()
@@ -224,11 +261,27 @@ class Engine:
                 if due(c.save_steps) and self.step < c.max_steps:
                     self.save_checkpoint()
                 last = m
+                if self.step < c.max_steps and self._stop_requested(stop):
+                    self._interrupt(stop.signum)
         finally:
             bar.close()
             log.close()
-        self._finish()
         return last
+
+    def _stop_requested(self, stop: StopFlag) -> int:
+        """The signal any process received (all processes agree, so all checkpoint and stop together)."""
+        if self.world == 1:
+            return stop.signum
+        got = _all_reduce([float(stop.signum)], op=dist.ReduceOp.MAX)[0]
+        stop.signum = stop.signum or int(got)
+        return int(got)
+
+    def _interrupt(self, signum: int):
+        if not any(s == self.step for s, _ in ckpt.list_checkpoints(self.ckpt_root)):
+            self.save_checkpoint()
+        msg = f"interrupted at step {self.step}; rerun the same command to resume"
+        self.say(msg)
+        raise TrainingInterrupted(msg, signum)
 
     def _finish(self) -> None:
         c = self.cfg

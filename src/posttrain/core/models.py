@@ -21,12 +21,18 @@ class ModelLoadError(RuntimeError):
     """The model or tokenizer could not be loaded; the message says which and why."""
 
 
-def resolve_path(name: str) -> str:
-    """`builtin:NAME` to its cached folder; anything else unchanged."""
+def resolve_path(name: str, what: str = "model") -> str:
+    """`builtin:NAME` to its cached folder; a local folder or hub name unchanged; anything else (a path
+    that does not exist) a ModelLoadError saying so (and which recipe makes it, if one does)."""
     if isinstance(name, str) and name.startswith("builtin:"):
         from posttrain.builtin import resolve_model
 
         return resolve_model(name.split(":", 1)[1])
+    from posttrain.core.model_source import missing_source_message
+
+    problem = missing_source_message(name, what)
+    if problem:
+        raise ModelLoadError(problem)
     return name
 
 
@@ -39,7 +45,7 @@ def _dtype(name: str):
 def load_tokenizer(cfg):
     from transformers import AutoTokenizer
 
-    src = resolve_path(cfg.tokenizer or cfg.model)
+    src = resolve_path(cfg.tokenizer or cfg.model, "tokenizer" if cfg.tokenizer else "model")
     kw = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.gguf_file and not cfg.tokenizer:
         kw["gguf_file"] = cfg.gguf_file
