@@ -88,37 +88,73 @@ def run_trainer(name: str, argv: list[str]) -> int:
     return 0
 
 
+def _inspect_config(config: str | None, overrides: list[str], algo: str | None):
+    """(algorithm, config) for `data inspect`: the named algorithm, else the recipe's name prefix
+    (`dpo-tiny.yaml` -> dpo), else the first trainer whose keys the config fits (sft first)."""
+    from posttrain.config import ConfigError, load_config
+
+    if algo is None and config:
+        prefix = os.path.basename(config).split("-")[0].split(".")[0]
+        algo = prefix if prefix in TRAINERS else None
+    if algo is not None:
+        if algo not in TRAINERS:
+            raise ConfigError(f"data inspect: unknown algorithm '{algo}'; expected one of {', '.join(sorted(TRAINERS))}")
+        return algo, load_config(TRAINERS[algo]()[0], config, overrides)
+    first = None
+    for name in ["sft"] + sorted(n for n in TRAINERS if n != "sft"):
+        try:
+            return name, load_config(TRAINERS[name]()[0], config, overrides)
+        except ConfigError as e:
+            first = first or e
+    raise first
+
+
 def data_command(argv: list[str]) -> int:
     if not argv or argv[0] != "inspect":
-        print("usage: posttrain data inspect --config FILE [key=value ...] [n=3]")
+        print("usage: posttrain data inspect [ALGORITHM] --config FILE [key=value ...] [n=3]")
         return 2
-    from posttrain.algorithms.sft import SFTConfig
     from posttrain.builtin import resolve_data
-    from posttrain.config import load_config
     from posttrain.core.models import load_tokenizer
     from posttrain.data.formats import load_rows
-    from posttrain.data.inspect import inspect_rows
 
-    config, overrides, want_help = _split_args(argv[1:])
+    rest = argv[1:]
+    algo = rest.pop(0) if rest and not rest[0].startswith("-") and "=" not in rest[0] else None
+    config, overrides, want_help = _split_args(rest)
     n = 3
     for o in list(overrides):
         if o.startswith("n="):
             n = int(o[2:])
             overrides.remove(o)
     if want_help:
-        print_keys("data inspect", SFTConfig)
+        print_keys("data inspect", TRAINERS[algo or "sft"]()[0])
         return 0
-    cfg = load_config(SFTConfig, config, overrides)
-    rows = load_rows(resolve_data(cfg.data.train), split="train")
-    print(inspect_rows(rows, load_tokenizer(cfg), max_length=cfg.max_length,
-                       completion_only_loss=cfg.data.completion_only_loss, n=n))
+    algo, cfg = _inspect_config(config, overrides, algo)
+    tok = load_tokenizer(cfg)
+    if hasattr(cfg, "max_new_tokens"):  # GRPO, PPO: prompts only
+        from posttrain.data.inspect_kinds import inspect_prompts
+
+        rows = load_rows(resolve_data(cfg.data.train), split="train", kind="prompt")
+        text = inspect_prompts(rows, tok, budget=cfg.max_length - cfg.max_new_tokens,
+                               template=getattr(cfg, "prompt_template", None), n=n)
+    elif hasattr(cfg, "drop_truncated"):  # reward model, DPO: preference pairs and rankings
+        from posttrain.data.inspect_kinds import inspect_preference
+
+        rows = load_rows(resolve_data(cfg.data.train), split="train", kind="preference")
+        text = inspect_preference(rows, tok, max_length=cfg.max_length, drop_truncated=cfg.drop_truncated, n=n)
+    else:  # SFT (also unpaired rows: `label: false` / `rejected` are unlikelihood's negatives)
+        from posttrain.data.inspect import inspect_rows
+
+        rows = load_rows(resolve_data(cfg.data.train), split="train")
+        text = inspect_rows(rows, tok, max_length=cfg.max_length,
+                            completion_only_loss=cfg.data.completion_only_loss, n=n)
+    print(f"# data inspect: {algo} on {cfg.data.train}\n{text}")
     return 0
 
 
 def usage() -> str:
     names = "|".join(sorted(TRAINERS))
     return (f"usage: posttrain {{{names}}} --config FILE [key=value ...]\n"
-            "       posttrain data inspect --config FILE [key=value ...]\n"
+            "       posttrain data inspect [ALGORITHM] --config FILE [key=value ...] [n=3]\n"
             "       posttrain lab {export|pretrain} ...\n"
             "       posttrain demo [--out DIR]\n"
             "Add --help after a trainer's name to list every config key.")

@@ -111,8 +111,10 @@ def _parse_overrides(overrides: list[str]) -> dict:
             raise ConfigError(f"override '{o}' is not key=value")
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"bad override: {e}") from None
+    except Exception as e:  # OmegaConf's errors, and YAML's for a value like `key=a: {b}`
+        first = str(e).strip().split("\n")[0]
+        raise ConfigError(f"bad override among {list(overrides)}: {first} (quote a value holding ': ' or "
+                          "braces: key='a: {b}')") from None
 
 
 def nest_dotted(flat: dict) -> dict:
