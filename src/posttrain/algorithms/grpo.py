@@ -175,7 +175,7 @@ class GRPO(Algorithm):
         t1 = time.perf_counter()
         rep = [p for p in prompts for _ in range(g)]
         columns = columns_for([self.columns[i] for i in idx], g, rollouts.completion_ids)
-        scores = self.reward.score(rep, rollouts.texts, **columns)
+        scores = self.reward.score(rep, rollouts.texts, raw_prompts=columns.pop("prompt"), **columns)
         t2 = time.perf_counter()
         adv, scored, zero_std = rb.grouped_advantages(scores.total, g, self.estimator)
         keep = rb.kept_rows(scored, zero_std, g, c.filter_zero_std_groups)
@@ -265,7 +265,9 @@ class GRPO(Algorithm):
         prompts = [self.eval_prompts[i] for i in mine]
         rollouts = self.backend.generate(prompts, 1, self.sampling(-1, self.cfg.eval_temperature))
         columns = columns_for([self.eval_columns[i] for i in mine], 1, rollouts.completion_ids)
-        return summarise(self.reward.score(prompts, rollouts.texts, **columns), rollouts, self.reward.names)
+        raw = columns.pop("prompt")
+        return summarise(self.reward.score(prompts, rollouts.texts, raw_prompts=raw, **columns), rollouts,
+                         self.reward.names)
 
 
 def run(cfg: GRPOConfig) -> dict:

@@ -44,7 +44,7 @@ def _user_text(prompt) -> str:
 
 def load_prompts(spec, tokenizer, template: str | None, budget: int, max_rows: int | None = None
                  ) -> tuple[list[str], list[dict], int]:
-    """(prompt texts, other columns of each row, rows dropped for being over `budget` tokens).
+    """(prompt texts, columns of each row (with the raw `prompt`), rows dropped for being over `budget` tokens).
 
     A text is `template.format(prompt=...)` when `template` is set, else the chat template with the
     generation prompt (`data.encode_prompt`; a plain-text prompt stays as it is)."""
@@ -66,7 +66,7 @@ def load_prompts(spec, tokenizer, template: str | None, budget: int, max_rows: i
                              "(e.g. 'Question: {prompt}\\nAnswer:')") from None
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
     keep = [i for i, n in enumerate(lengths) if 0 < n <= budget]
-    columns = [{k: v for k, v in rows[i].items() if k != "prompt"} for i in keep]
+    columns = [dict(rows[i]) for i in keep]  # the raw `prompt` too: TRL-style rewards receive it (popped in GRPO)
     if not keep:
         raise ValueError(f"no prompt of {spec!r} fits in {budget} tokens (max_length - max_new_tokens)")
     return [texts[i] for i in keep], columns, len(rows) - len(keep)
@@ -74,10 +74,11 @@ def load_prompts(spec, tokenizer, template: str | None, budget: int, max_rows: i
 
 def columns_for(row_columns: list[dict], n: int, completion_ids: list[list[int]]) -> dict[str, list]:
     """Reward columns, one entry per completion (each row's value repeated for its `n` samples), plus
-    `completion_lengths` (tokens of each completion)."""
+    `completion_lengths` (tokens of each completion) and `completion_ids` (TRL's name for the tokens)."""
     keys = sorted({k for cols in row_columns for k in cols})
     out = {k: [cols.get(k) for cols in row_columns for _ in range(n)] for k in keys}
     out["completion_lengths"] = [len(ids) for ids in completion_ids]
+    out["completion_ids"] = [list(ids) for ids in completion_ids]  # as TRL passes them
     return out
 
 
