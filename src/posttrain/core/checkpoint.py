@@ -1,7 +1,8 @@
 """Atomic checkpoints and exact resume.
 
 A checkpoint is `output_dir/checkpoints/step-NNNNNNNN/` holding:
-  model.safetensors     every parameter and buffer of the trained module
+  model.safetensors     every parameter and buffer of the trained module; when part of it is frozen
+                        (LoRA), only the trainable parameters (`core/trainable_state.py`)
   optimizer.pt          optimizer state dict (tensors and numbers only; loaded with weights_only=True)
   scheduler.json        LR scheduler state
   rng-rank{R}.pt        python / numpy / torch (and CUDA) RNG states of process R
@@ -23,7 +24,9 @@ import sys
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model
+
+from posttrain.core.trainable_state import TRAINABLE, file_kind, load_trainable_state, save_model_state
 
 STEP_RE = re.compile(r"^step-(\d+)$")
 
@@ -89,7 +92,7 @@ def save_checkpoint(ckpt_root: str, step: int, *, model, optimizer, scheduler, a
     torch.save(rng_state(), os.path.join(tmp, f"rng-rank{rank}.pt"))
     barrier()
     if is_main:
-        save_model(model, os.path.join(tmp, "model.safetensors"))
+        model_state = save_model_state(model, os.path.join(tmp, "model.safetensors"))  # LoRA: trainable only
         torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
         torch.save(algo_state, os.path.join(tmp, "algorithm.pt"))
         with open(os.path.join(tmp, "scheduler.json"), "w") as f:
@@ -98,7 +101,7 @@ def save_checkpoint(ckpt_root: str, step: int, *, model, optimizer, scheduler, a
             f.write(config_yaml)
         files = {n: os.path.getsize(os.path.join(tmp, n)) for n in sorted(os.listdir(tmp))}
         with open(os.path.join(tmp, "trainer.json"), "w") as f:
-            json.dump({**trainer_state, "step": step, "files": files}, f, indent=1)
+            json.dump({**trainer_state, "step": step, "model_state": model_state, "files": files}, f, indent=1)
         for name in os.listdir(tmp):
             with open(os.path.join(tmp, name), "rb") as fh:
                 os.fsync(fh.fileno())
@@ -136,11 +139,18 @@ def _check_files(path: str) -> dict:
     return meta
 
 
+def _load_model_state(model, file: str):
+    """(missing, unexpected) after loading a full or trainable-only (LoRA) model file."""
+    if file_kind(file) == TRAINABLE:
+        return load_trainable_state(model, file)
+    return load_model(model, file, strict=False)
+
+
 def load_checkpoint(path: str, *, model, optimizer, scheduler, rank: int) -> tuple[dict, dict]:
     """Restore everything from `path`; returns (trainer_state, algo_state). Raises CheckpointError."""
     meta = _check_files(path)
     try:
-        missing, unexpected = load_model(model, os.path.join(path, "model.safetensors"), strict=False)
+        missing, unexpected = _load_model_state(model, os.path.join(path, "model.safetensors"))
     except Exception as e:
         raise CheckpointError(f"cannot read {os.path.join(path, 'model.safetensors')}: {e}") from None
     if missing or unexpected:

@@ -288,7 +288,12 @@ class Engine:
         if not any(s == self.step for s, _ in ckpt.list_checkpoints(self.ckpt_root)):
             self.save_checkpoint()
         if self.is_main:
-            save_final(self.model, self.tokenizer, os.path.join(c.output_dir, "final"), merge_lora=c.lora.merge_on_save)
+            from posttrain.core.models import final_form
+
+            merge, why = final_form(c, self.model)
+            save_final(self.model, self.tokenizer, os.path.join(c.output_dir, "final"), merge_lora=merge)
+            if why:
+                self.say(why)
             self.plot()
         self.algo.finish(self)
         self.barrier()

@@ -142,6 +142,36 @@ class Reference:
         return self
 
 
+def final_form(cfg, model) -> tuple[bool, str]:
+    """(merge the LoRA adapter into final/?, what to tell the user). A GGUF base cannot be an adapter's base
+    (transformers loads it only with `gguf_file`), so a LoRA run on GGUF is merged into the de-quantised
+    base: final/ then loads with AutoModelForCausalLM alone."""
+    if not is_peft(model):
+        return False, ""
+    if cfg.lora.merge_on_save:
+        return True, "final/: the LoRA adapter merged into the base weights (lora.merge_on_save)"
+    if cfg.gguf_file:
+        return True, ("final/: the LoRA adapter merged into the de-quantised GGUF base (a GGUF file cannot be an "
+                      "adapter's base), so AutoModelForCausalLM loads it alone")
+    return False, "final/: a PEFT LoRA adapter on its base (AutoModelForCausalLM loads it with peft installed)"
+
+
+def _absolute_adapter_base(folder: str) -> None:
+    """An adapter's base given as a relative local folder is made absolute, so final/ loads from anywhere."""
+    import json
+
+    path = os.path.join(folder, "adapter_config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        conf = json.load(f)
+    base = conf.get("base_model_name_or_path")
+    if isinstance(base, str) and base and not os.path.isabs(base) and os.path.isdir(base):
+        conf["base_model_name_or_path"] = os.path.abspath(base)
+        with open(path, "w") as f:
+            json.dump(conf, f, indent=2)
+
+
 def save_final(model, tokenizer, out_dir: str, *, merge_lora: bool = False) -> str:
     """Write `out_dir` atomically in `save_pretrained` form (safetensors + tokenizer + chat template).
 
@@ -155,6 +185,7 @@ def save_final(model, tokenizer, out_dir: str, *, merge_lora: bool = False) -> s
     if is_peft(model) and merge_lora:
         to_save = copy.deepcopy(model).merge_and_unload()
     to_save.save_pretrained(tmp, safe_serialization=True)
+    _absolute_adapter_base(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     old = out_dir + ".old"
