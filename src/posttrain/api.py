@@ -80,8 +80,10 @@ def train(algorithm: str, config: Any = None, **overrides) -> TrainResult:
     """Train `algorithm` ('sft', 'rm', 'dpo', 'grpo', 'ppo'); returns the output folder and final metrics."""
     from posttrain.console import quiet_libraries
 
+    from posttrain.lab.builtin import resolve_config
+
     quiet_libraries()
-    cfg = make_config(algorithm, config, **overrides)
+    cfg = resolve_config(make_config(algorithm, config, **overrides))  # builtin:NAME -> local paths
     run = trainers()[algorithm]()[1]
     metrics = run(cfg) or {}
     return TrainResult(os.path.abspath(cfg.output_dir), dict(metrics), cfg)

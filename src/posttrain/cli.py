@@ -17,7 +17,7 @@ def _sft():
 
 # name -> () -> (config dataclass, run function). Each algorithm adds one line here.
 TRAINERS = {"sft": _sft}
-EXTRA_TRAINERS = ("rm", "dpo", "grpo", "ppo")
+EXTRA_TRAINERS = ("rm", "dpo", "grpo", "ppo", "kto", "orpo")
 
 
 def _register_optional() -> None:
@@ -73,6 +73,7 @@ def run_trainer(name: str, argv: list[str]) -> int:
     from posttrain.api import TrainResult
     from posttrain.config import load_config
     from posttrain.console import closing, summary
+    from posttrain.lab.builtin import resolve_config
 
     cfg_cls, run = TRAINERS[name]()
     config, overrides, want_help = _split_args(argv)
@@ -82,6 +83,7 @@ def run_trainer(name: str, argv: list[str]) -> int:
     cfg = load_config(cfg_cls, config, overrides)
     if _is_main_process():
         print(summary(name, cfg), file=sys.stderr)
+    cfg = resolve_config(cfg)  # builtin:NAME -> local paths, once, here
     last = run(cfg) or {}
     if _is_main_process():
         print(closing(TrainResult(os.path.abspath(cfg.output_dir), last, cfg)))
@@ -113,8 +115,8 @@ def data_command(argv: list[str]) -> int:
     if not argv or argv[0] != "inspect":
         print("usage: posttrain data inspect [ALGORITHM] --config FILE [key=value ...] [n=3]")
         return 2
-    from posttrain.builtin import resolve_data
     from posttrain.core.models import load_tokenizer
+    from posttrain.lab.builtin import resolve_config
     from posttrain.data.formats import load_rows
 
     rest = argv[1:]
@@ -129,25 +131,26 @@ def data_command(argv: list[str]) -> int:
         print_keys("data inspect", TRAINERS[algo or "sft"]()[0])
         return 0
     algo, cfg = _inspect_config(config, overrides, algo)
+    shown, cfg = cfg.data.train, resolve_config(cfg)
     tok = load_tokenizer(cfg)
     if hasattr(cfg, "max_new_tokens"):  # GRPO, PPO: prompts only
         from posttrain.data.inspect_kinds import inspect_prompts
 
-        rows = load_rows(resolve_data(cfg.data.train), split="train", kind="prompt")
+        rows = load_rows(cfg.data.train, split="train", kind="prompt")
         text = inspect_prompts(rows, tok, budget=cfg.max_length - cfg.max_new_tokens,
                                template=getattr(cfg, "prompt_template", None), n=n)
     elif hasattr(cfg, "drop_truncated"):  # reward model, DPO: preference pairs and rankings
         from posttrain.data.inspect_kinds import inspect_preference
 
-        rows = load_rows(resolve_data(cfg.data.train), split="train", kind="preference")
+        rows = load_rows(cfg.data.train, split="train", kind="preference")
         text = inspect_preference(rows, tok, max_length=cfg.max_length, drop_truncated=cfg.drop_truncated, n=n)
     else:  # SFT (also unpaired rows: `label: false` / `rejected` are unlikelihood's negatives)
         from posttrain.data.inspect import inspect_rows
 
-        rows = load_rows(resolve_data(cfg.data.train), split="train")
+        rows = load_rows(cfg.data.train, split="train")
         text = inspect_rows(rows, tok, max_length=cfg.max_length,
                             completion_only_loss=cfg.data.completion_only_loss, n=n)
-    print(f"# data inspect: {algo} on {cfg.data.train}\n{text}")
+    print(f"# data inspect: {algo} on {shown}\n{text}")
     return 0
 
 

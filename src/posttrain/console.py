@@ -68,5 +68,7 @@ def closing(result) -> str:
     loss = m.get("loss")
     head = (f"already finished at step {m.get('step')}" if m.get("already_finished")
             else "done" + (f": loss {loss:.4f}" if isinstance(loss, (int, float)) else ""))
+    if not m.get("already_finished") and "skipped_steps" in m:
+        head += f", {int(m['skipped_steps'])} of {result.config.max_steps} steps skipped (non-finite)"
     return (f"{head}\n  metrics     {out}/metrics.jsonl\n  plot        {out}/loss.png\n"
             f"  model       {out}/final\n  checkpoints {out}/checkpoints")

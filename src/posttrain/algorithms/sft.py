@@ -48,8 +48,10 @@ class SFT(Algorithm):
                 engine.say("packing: attention runs per packed row (sdpa_varlen), no cross-row attention")
         self.examples, stats = self._build(self.cfg.data.train, "train")
         if self.cfg.loss == "unlikelihood" and not any(e.negative for e in self.examples):
-            raise ValueError("loss=unlikelihood needs negative completions: rows with a `rejected` column or "
-                             "`label: false`; the training data has none")
+            from posttrain.data.errors import DataError
+
+            raise DataError(f"{self.cfg.data.train}: loss=unlikelihood needs negative completions: rows with a "
+                            "`rejected` column or `label: false`; the training data has none")
         engine.say(f"train rows: kept {stats.kept}, truncated {stats.truncated}, "
                    f"dropped {sum(stats.dropped.values())} {dict(stats.dropped) or ''}".rstrip())
         if self.cfg.data.eval:
@@ -59,11 +61,10 @@ class SFT(Algorithm):
                                    engine.rank, engine.world)
 
     def _build(self, spec, split):
-        from posttrain.builtin import resolve_data
         from posttrain.data.dataset import build_sft_examples
         from posttrain.data.formats import load_rows
 
-        rows = load_rows(resolve_data(spec), split="train", kind="sft")
+        rows = load_rows(spec, split="train", kind="sft")
         return build_sft_examples(rows, self.engine.tokenizer, max_length=self.cfg.max_length,
                                   completion_only_loss=self.cfg.data.completion_only_loss)
 

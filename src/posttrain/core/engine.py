@@ -19,6 +19,8 @@ import torch.distributed as dist
 
 from posttrain.config import plain, to_yaml
 from posttrain.core import checkpoint as ckpt
+from posttrain.core import checkpoint_integrity as integrity
+from posttrain.core.divergence import abs_max, divergence_problems
 from posttrain.core.metrics_log import MetricsLogger, read_metrics
 from posttrain.core.models import save_final
 from posttrain.core.signals import StopFlag, TrainingInterrupted
@@ -73,6 +75,7 @@ class Engine:
         self.model, self.tokenizer = model.to(self.accelerator.device), tokenizer
         self.device = self.accelerator.device
         self.step, self.skipped, self.consecutive_skips = 0, 0, 0
+        self.last_loss, self.init_abs_max = None, None
         algorithm.setup(self)
         self._sync_initial_params()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -132,23 +135,39 @@ class Engine:
         return {**(rows[-1] if rows else {}), "already_finished": True, "step": self.step}
 
     def _resume(self) -> None:
-        if not self.cfg.resume:
+        if self.is_main:
+            for p in integrity.clean_temp_folders(self.cfg.output_dir, self.ckpt_root):
+                self.say(f"removed {p}, a temp folder left by an interrupted run")
+        if self.cfg.resume:
+            found = ckpt.resume_latest(self.ckpt_root, model=self.model, optimizer=self.optimizer,
+                                       scheduler=self.scheduler, rank=self.rank, world=self.world,
+                                       is_main=self.is_main, barrier=self.barrier, log=self.say)
+            if found is not None:
+                meta, algo_state = found
+                self.step, self.skipped = meta["step"], meta.get("skipped", 0)
+                self.consecutive_skips = meta.get("consecutive_skips", 0)
+                self.init_abs_max = meta.get("init_abs_max")
+                self.algo.load_state_dict(algo_state)
+        if self.init_abs_max is None:
+            self.init_abs_max = abs_max(self.params)
+        self._warn_if_short_of_space()
+
+    def _warn_if_short_of_space(self) -> None:
+        """Before the first save: warn when the free space cannot hold two checkpoints."""
+        if not self.is_main:
             return
-        path = ckpt.latest_complete(self.ckpt_root, log=self.say)
-        if path is None:
-            return
-        meta, algo_state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer,
-                                                scheduler=self.scheduler, rank=self.rank)
-        self.step, self.skipped = meta["step"], meta.get("skipped", 0)
-        self.consecutive_skips = meta.get("consecutive_skips", 0)
-        self.algo.load_state_dict(algo_state)
+        need, free = integrity.estimate_bytes(self.model, self.optimizer), integrity.free_bytes(self.ckpt_root)
+        if free < 2 * need:
+            self.say(f"warning: the {integrity.mb(free)} free where checkpoints go ({self.ckpt_root}) cannot hold two "
+                     f"checkpoints of ~{integrity.mb(need)} each; free some space or point output_dir elsewhere")
 
     def save_checkpoint(self) -> str:
         return ckpt.save_checkpoint(
             self.ckpt_root, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
             algo_state=self.algo.state_dict(), config_yaml=to_yaml(self.cfg), is_main=self.is_main,
             rank=self.rank, barrier=self.barrier, keep=self.cfg.save_total_limit,
-            trainer_state={"skipped": self.skipped, "consecutive_skips": self.consecutive_skips})
+            trainer_state={"skipped": self.skipped, "consecutive_skips": self.consecutive_skips,
+                           "init_abs_max": self.init_abs_max})
 
     # ----------------------------------------------------------------- one step
     def _backward_step(self, micros) -> dict:
@@ -188,6 +207,7 @@ class Engine:
         clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
         finite = math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)
+        self.last_loss = metrics["loss"]
         if finite:
             self.optimizer.step()
             self.scheduler.step()
@@ -235,12 +255,10 @@ class Engine:
         self.model.train()
         bar = tqdm(total=c.max_steps, initial=self.step, disable=not self.is_main, desc=self.algo.name,
                    dynamic_ncols=True, file=sys.stderr)
-        last = {}
-        stop = StopFlag(self.say)
-        with stop:
+        with StopFlag(self.say) as stop:
             last = self._loop(log, bar, stop)
         self._finish()
-        return last
+        return {**last, "skipped_steps": self.skipped}
 
     def _loop(self, log, bar, stop) -> dict:
         c, last = self.cfg, {}
@@ -283,17 +301,42 @@ class Engine:
         self.say(msg)
         raise TrainingInterrupted(msg, signum)
 
-    def _finish(self) -> None:
+    def _refuse_if_diverged(self) -> None:
+        """Before the last checkpoint and the final folder: a diverged run is an error, not a result (the
+        older checkpoints are left as they are)."""
         c = self.cfg
-        if not any(s == self.step for s, _ in ckpt.list_checkpoints(self.ckpt_root)):
-            self.save_checkpoint()
-        if self.is_main:
-            from posttrain.core.models import final_form
+        problems = divergence_problems(model=self.model, last_loss=self.last_loss, skipped=self.skipped,
+                                       steps=self.step, init_abs_max=self.init_abs_max,
+                                       max_skipped_fraction=c.max_skipped_fraction,
+                                       max_weight_growth=c.max_weight_growth)
+        if problems:
+            raise TrainingAborted(f"the run diverged, so no final model was saved: {'; '.join(problems)}. "
+                                  f"{ckpt.newest_complete_name(self.ckpt_root).capitalize()} (in {self.ckpt_root}); "
+                                  "lower learning_rate or check the data and mixed precision, and rerun")
 
-            merge, why = final_form(c, self.model)
-            save_final(self.model, self.tokenizer, os.path.join(c.output_dir, "final"), merge_lora=merge)
+    def _save_final(self, out: str) -> None:
+        from posttrain.core.models import final_form
+
+        merge, why = final_form(self.cfg, self.model)
+        try:
+            save_final(self.model, self.tokenizer, out, merge_lora=merge)
             if why:
                 self.say(why)
+        except Exception as e:
+            need = integrity.model_bytes(self.model)
+            if integrity.is_disk_full(e, self.cfg.output_dir, 2**20):
+                integrity.clean_temp_folders(self.cfg.output_dir, self.ckpt_root)
+                raise ckpt.disk_full_error("the final model", out, need, self.ckpt_root) from None
+            raise
+
+    def _finish(self) -> None:
+        c = self.cfg
+        self._refuse_if_diverged()
+        if not any(s == self.step for s, _ in ckpt.list_checkpoints(self.ckpt_root)):
+            self.save_checkpoint()
+        self.say(f"{self.skipped} of {self.step} steps were skipped as non-finite")
+        if self.is_main:
+            self._save_final(os.path.join(c.output_dir, "final"))
             self.plot()
         self.algo.finish(self)
         self.barrier()

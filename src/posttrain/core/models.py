@@ -1,6 +1,7 @@
 """Load and save Hugging Face causal LMs: dtype, attention, checkpointing, GGUF, PEFT LoRA, references.
 
-`model` is a hub name, a local folder, or `builtin:NAME` (built locally by `posttrain.builtin`).
+`model` is a hub name or a local folder. A lab name `builtin:NAME` is resolved to a folder where the
+config is loaded (`posttrain.lab.builtin.resolve_config`), never here.
 Output is `save_pretrained` form (safetensors, tokenizer, chat template) that transformers and vLLM load.
 """
 from __future__ import annotations
@@ -22,12 +23,12 @@ class ModelLoadError(RuntimeError):
 
 
 def resolve_path(name: str, what: str = "model") -> str:
-    """`builtin:NAME` to its cached folder; a local folder or hub name unchanged; anything else (a path
-    that does not exist) a ModelLoadError saying so (and which recipe makes it, if one does)."""
+    """`name` unchanged, or `ModelLoadError` for an unresolved lab name `builtin:NAME` (the entry points
+    resolve those once when they load the config; the library does not build lab models), or for a path
+    that does not exist and is no hub name (saying which recipe makes it, when one does)."""
     if isinstance(name, str) and name.startswith("builtin:"):
-        from posttrain.builtin import resolve_model
-
-        return resolve_model(name.split(":", 1)[1])
+        raise ModelLoadError(f"'{name}' is a lab name: the posttrain CLI resolves it when it loads the config; "
+                             "from Python call posttrain.lab.builtin.resolve_config(cfg) (or resolve(name)) first")
     from posttrain.core.model_source import missing_source_message
 
     problem = missing_source_message(name, what)

@@ -45,6 +45,9 @@ def load_trainable_state(model, path: str) -> tuple[list[str], list[str]]:
     params = dict(model.named_parameters(remove_duplicate=False))
     unexpected = [k for k in tensors if k not in params]
     missing = [k for k in trainable_tensors(model) if k not in tensors]
+    for k, t in tensors.items():
+        if k in params and tuple(t.shape) != tuple(params[k].shape):
+            raise RuntimeError(f"size mismatch for {k}: checkpoint {tuple(t.shape)}, model {tuple(params[k].shape)}")
     with torch.no_grad():
         for k, t in tensors.items():
             if k in params:
