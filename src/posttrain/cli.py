@@ -133,7 +133,11 @@ def data_command(argv: list[str]) -> int:
     algo, cfg = _inspect_config(config, overrides, algo)
     shown, cfg = cfg.data.train, resolve_config(cfg)
     tok = load_tokenizer(cfg)
-    if hasattr(cfg, "max_new_tokens"):  # GRPO, PPO: prompts only
+    if hasattr(cfg, "desirable_weight"):  # KTO: unpaired rows with a label
+        from posttrain.data.inspect_kinds import inspect_unpaired
+
+        text = inspect_unpaired(load_rows(cfg.data.train, split="train"), tok, max_length=cfg.max_length, n=n)
+    elif hasattr(cfg, "max_new_tokens"):  # GRPO, PPO: prompts only
         from posttrain.data.inspect_kinds import inspect_prompts
 
         rows = load_rows(cfg.data.train, split="train", kind="prompt")

@@ -46,3 +46,12 @@ def test_unpaired_negatives_are_shown_as_penalised(tiny_model_dir, write_jsonl, 
     assert main(["data", "inspect", "sft", f"model={tiny_model_dir}", f"data.train={data}", "loss=unlikelihood"]) == 0
     out = capsys.readouterr().out
     assert "positive" in out and "negative" in out and "[-" in out
+
+
+def test_kto_unpaired_rows_show_labels(tiny_model_dir, write_jsonl, capsys):
+    data = write_jsonl("kto2.jsonl", [{"prompt": "2+2?", "completion": " 4", "label": True},
+                                      {"prompt": "2+2?", "completion": " 5", "label": False}])
+    assert main(["data", "inspect", "kto", f"model={tiny_model_dir}", f"data.train={data}"]) == 0
+    out = capsys.readouterr().out
+    assert "--- example 1: desirable" in out and "--- example 2: undesirable" in out
+    assert "=== kept 2 (1 desirable, 1 undesirable), dropped 0" in out

@@ -3,7 +3,8 @@
 - preference rows (`prompt` + `chosen` + `rejected`, implicit prompts, `responses` rankings): each pair
   as the reward model / DPO sees it, the scored response tokens marked, and the kept/truncated/dropped counts;
 - prompt-only rows (GRPO, PPO): the exact text generation continues from (chat template or
-  `prompt_template`), its length against the budget, and the columns the reward functions receive.
+  `prompt_template`), its length against the budget, and the columns the reward functions receive;
+- unpaired rows (KTO): each completion with its label (desirable or not).
 """
 from __future__ import annotations
 
@@ -82,3 +83,23 @@ def inspect_prompts(rows: Sequence[dict], tokenizer, *, budget: int, template: s
 def _short(value, limit: int = 160) -> str:
     s = repr(value)
     return s if len(s) <= limit else s[:limit - 3] + "..."
+
+
+def inspect_unpaired(rows: Sequence[dict], tokenizer, *, max_length: int, n: int = 3,
+                     color: bool | None = None) -> str:
+    """KTO's unpaired rows (`prompt` + `completion` + `label`, or preference pairs split into one desirable
+    and one undesirable row): the first `n` with their label and trained completion tokens marked."""
+    from .unpaired import build_unpaired_examples
+
+    color = sys.stdout.isatty() if color is None else color
+    examples, summary = build_unpaired_examples(rows, tokenizer, max_length=max_length)
+    legend = "green = completion tokens" if color else "[[completion tokens]]"
+    lines = [f"{len(rows)} unpaired rows, max_length={max_length}; {legend}"]
+    for i, ex in enumerate(examples[:n]):
+        r = ex.response
+        cut = ", truncated" if r.truncated else ""
+        lines.append(f"--- example {i + 1}: {'desirable' if ex.label else 'undesirable'}, {len(r.input_ids)} tokens, "
+                     f"{r.length} in the completion{cut}")
+        lines.append(_marked(r, tokenizer, color))
+    lines.append(f"=== {summary}")
+    return "\n".join(lines)
