@@ -1,8 +1,8 @@
 """The one training loop every algorithm shares, on `accelerate`.
 
-Per optimizer step: the algorithm hands over this process's micro-batches; the engine sums their
-normaliser over all micro-batches and processes (so the loss is one mean over the whole accumulated
-batch), backpropagates each micro-batch, all-reduces gradients once (data parallel), clips, and steps
+Per optimizer step: the algorithm hands over this process's micro-batches; the engine builds the
+step's `Normaliser` from their `counts` summed over all micro-batches and processes (so the loss is
+one mean over the whole accumulated batch) and passes it to every `loss` call, backpropagates each micro-batch, all-reduces gradients once (data parallel), clips, and steps
 AdamW and the schedule. A non-finite loss or gradient skips the step with params and optimizer
 untouched; `max_consecutive_skips` in a row abort. Logging, evaluation, atomic checkpoints, exact
 resume and the final `save_pretrained` folder live here too.
@@ -20,10 +20,12 @@ import torch.distributed as dist
 from posttrain.config import plain, to_yaml
 from posttrain.core import checkpoint as ckpt
 from posttrain.core import checkpoint_integrity as integrity
+from posttrain.core.distributed import all_reduce
 from posttrain.core.divergence import abs_max, divergence_problems
 from posttrain.core.metrics_log import MetricsLogger, read_metrics
 from posttrain.core.models import save_final
 from posttrain.core.signals import StopFlag, TrainingInterrupted
+from posttrain.losses.reduce import step_normaliser
 
 
 class TrainingAborted(RuntimeError):
@@ -40,14 +42,6 @@ def mixed_precision_name(value) -> str:
     if name in ("fp16", "float16"):
         return "fp16"
     raise ValueError(f"mixed_precision: expected no, bf16 or fp16, found {value!r}")
-
-
-def _all_reduce(values: list[float], op=None) -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t.tolist()
 
 
 class Engine:
@@ -171,14 +165,14 @@ class Engine:
 
     # ----------------------------------------------------------------- one step
     def _backward_step(self, micros) -> dict:
-        local_items = sum(self.algo.num_items(m) for m in micros)
-        local_tokens = sum(self.algo.tokens(m) for m in micros)
-        num_items, tokens = _all_reduce([local_items, local_tokens])
-        num_items = max(num_items, 1e-8)
+        # the step's normaliser, for every algorithm: counts summed over micro-batches and processes
+        local = [sum(c) for c in zip(*(self.algo.counts(m) + (self.algo.tokens(m),) for m in micros))]
+        items, loss_tokens, rows, tokens = all_reduce(local)
+        norm = step_normaliser(items, loss_tokens, rows, self.algo.max_len())
         loss_sum, sums = 0.0, {}
         for m in micros:
             with self.accelerator.autocast():
-                loss, metrics = self.algo.loss(self.model, m, num_items)
+                loss, metrics = self.algo.loss(self.model, m, norm)
             loss.backward()
             loss_sum = loss_sum + loss.detach()
             for k, v in metrics.items():
@@ -187,7 +181,7 @@ class Engine:
         # one host transfer for all metrics of the step (a GPU sync per metric would stall the stream)
         values = torch.stack([torch.as_tensor(x, dtype=torch.float32, device=self.device).reshape(())
                               for x in [loss_sum] + [sums[k] for k in keys]]).tolist()
-        reduced = _all_reduce([values[0]] + [v / len(micros) for v in values[1:]])
+        reduced = all_reduce([values[0]] + [v / len(micros) for v in values[1:]])
         out = {"loss": reduced[0], **{k: v / self.world for k, v in zip(keys, reduced[1:])}}
         out["tokens"] = tokens
         return out
@@ -290,7 +284,7 @@ class Engine:
         """The signal any process received (all processes agree, so all checkpoint and stop together)."""
         if self.world == 1:
             return stop.signum
-        got = _all_reduce([float(stop.signum)], op=dist.ReduceOp.MAX)[0]
+        got = all_reduce([float(stop.signum)], op="max")[0]
         stop.signum = stop.signum or int(got)
         return int(got)
 
@@ -311,8 +305,9 @@ class Engine:
                                        max_weight_growth=c.max_weight_growth)
         if problems:
             raise TrainingAborted(f"the run diverged, so no final model was saved: {'; '.join(problems)}. "
-                                  f"{ckpt.newest_complete_name(self.ckpt_root).capitalize()} (in {self.ckpt_root}); "
-                                  "lower learning_rate or check the data and mixed precision, and rerun")
+                                  f"{ckpt.newest_complete_name(self.ckpt_root).capitalize()} (in {self.ckpt_root}; "
+                                  "it may hold diverged weights already). Lower learning_rate or check the data and "
+                                  "mixed precision, then rerun with resume=false to start over")
 
     def _save_final(self, out: str) -> None:
         from posttrain.core.models import final_form
