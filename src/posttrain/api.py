@@ -27,20 +27,18 @@ class TrainResult:
         return os.path.join(self.output_dir, "final")
 
 
-def trainers() -> dict:
-    """name -> () -> (config class, run function): the command line's registry."""
-    from posttrain import cli
+def trainer(algorithm: str):
+    """(config class, run function) of `algorithm`, from the command line's registry."""
+    from posttrain.algorithms import TRAINERS, load_trainer
 
-    cli._register_optional()
-    return cli.TRAINERS
+    if algorithm not in TRAINERS:
+        raise ValueError(f"unknown algorithm '{algorithm}'; expected one of {', '.join(sorted(TRAINERS))}")
+    return load_trainer(algorithm)
 
 
 def config_class(algorithm: str) -> type:
-    """The config dataclass of `algorithm` ('sft', 'rm', 'dpo', 'grpo', 'ppo')."""
-    table = trainers()
-    if algorithm not in table:
-        raise ValueError(f"unknown algorithm '{algorithm}'; expected one of {', '.join(sorted(table))}")
-    return table[algorithm]()[0]
+    """The config dataclass of `algorithm` ('sft', 'rm', 'dpo', 'grpo', 'ppo', ...)."""
+    return trainer(algorithm)[0]
 
 
 def _plain(v):
@@ -84,6 +82,6 @@ def train(algorithm: str, config: Any = None, **overrides) -> TrainResult:
 
     quiet_libraries()
     cfg = resolve_config(make_config(algorithm, config, **overrides))  # builtin:NAME -> local paths
-    run = trainers()[algorithm]()[1]
+    run = trainer(algorithm)[1]
     metrics = run(cfg) or {}
     return TrainResult(os.path.abspath(cfg.output_dir), dict(metrics), cfg)

@@ -76,11 +76,11 @@ def _inspect_config(config: str | None, overrides: list[str], algo: str | None):
     if algo is not None:
         if algo not in TRAINERS:
             raise ConfigError(f"data inspect: unknown algorithm '{algo}'; expected one of {', '.join(sorted(TRAINERS))}")
-        return algo, load_config(TRAINERS[algo]()[0], config, overrides)
+        return algo, load_config(load_trainer(algo)[0], config, overrides)
     first = None
     for name in ["sft"] + sorted(n for n in TRAINERS if n != "sft"):
         try:
-            return name, load_config(TRAINERS[name]()[0], config, overrides)
+            return name, load_config(load_trainer(name)[0], config, overrides)
         except ConfigError as e:
             first = first or e
     raise first
@@ -103,7 +103,7 @@ def data_command(argv: list[str]) -> int:
             n = int(o[2:])
             overrides.remove(o)
     if want_help:
-        print_keys("data inspect", TRAINERS[algo or "sft"]()[0])
+        print_keys("data inspect", load_trainer(algo or "sft")[0])
         return 0
     algo, cfg = _inspect_config(config, overrides, algo)
     shown, cfg = cfg.data.train, resolve_config(cfg)
