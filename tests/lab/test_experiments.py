@@ -13,7 +13,8 @@ from posttrain.lab.experiments.common import (
 KEYS = {"goodhart": {"runs", "held_out", "verdict", "betas"},
         "length_bias": {"rater_chose_longer", "reward_models", "held_out", "verdict"},
         "sycophancy": {"arms", "sft_metrics", "verdict"},
-        "negative_feedback": {"measured", "verdict", "data", "models"}}
+        "negative_feedback": {"measured", "verdict", "data", "models"},
+        "judges": {"judges", "sizes", "seeds", "verdict"}}
 COMMON = {"experiment", "quick", "base", "device", "train_s", "total_s", "plots"}
 
 

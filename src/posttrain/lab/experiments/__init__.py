@@ -10,6 +10,7 @@ numbers of a full run and what they show).
 | `length_bias`       | does a rater's taste for long answers pass through the reward model into the policy? |
 | `sycophancy`        | do raters who like confident praise make RLHF more sycophantic on buggy code?       |
 | `negative_feedback` | does SFT without negatives answer "least favourite" with the favourite (seed 000)?  |
+| `judges`            | how gold-aligned, position-biased and injectable is an LLM judge (seed 002)?       |
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ EXPERIMENTS = {
     "length_bias": "posttrain.lab.experiments.length_bias",
     "sycophancy": "posttrain.lab.experiments.sycophancy",
     "negative_feedback": "posttrain.lab.experiments.negative_feedback",
+    "judges": "posttrain.lab.experiments.judges",
 }
 
 
