@@ -61,16 +61,26 @@ def level_metrics(rows: list[dict], greedy: list[str], samples: list[list[str]],
 
 
 def math_eval(model, tok, levels: dict[int, list[dict]], *, template: str = PLAIN, k: int = 16,
-              max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 128, seed: int = 0) -> dict:
-    """`{"L1": {...}, "L2": {...}, ...}` (module docstring) for `model` on the rows of each level."""
+              max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 128, seed: int = 0, chat: bool = False) -> dict:
+    """`{"L1": {...}, "L2": {...}, ...}` (module docstring) for `model` on the rows of each level; with `chat`
+    the prompts are the tokenizer's chat template with the generation prompt instead of `template`; `k = 0`:
+    greedy accuracy only."""
+    from posttrain.data import encode_prompt
     from posttrain.rollout import SamplingParams, make_backend
+
+    from .worked import is_correct
 
     backend = make_backend("hf", model, tok, batch_size=batch_size)
     out = {}
     for level, rows in levels.items():
-        prompts = [template.format(prompt=_user_text(r)) for r in rows]
+        prompts = [encode_prompt({"prompt": [{"role": "user", "content": _user_text(r)}]}, tok) if chat
+                   else template.format(prompt=_user_text(r)) for r in rows]
         greedy = backend.generate(prompts, n=1, params=SamplingParams(max_new_tokens=max_new_tokens,
                                                                       temperature=0.0, seed=seed)).texts
+        if k == 0:   # greedy only
+            out[f"L{level}"] = {"greedy": _mean(is_correct(t, r["answer"]) for r, t in zip(rows, greedy)),
+                                "n": len(rows), "k": 0}
+            continue
         ro = backend.generate(prompts, n=k, params=SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0,
                                                                   seed=seed + level))
         texts = [ro.texts[i * k:(i + 1) * k] for i in range(len(rows))]

@@ -22,14 +22,14 @@ SMALL_SIZE = TinySize(hidden=192, layers=4, heads=4, kv_heads=2, intermediate=51
 WEB_DOCS = 40000
 PRETRAIN = {"max_steps": 700, "batch_size": 32, "grad_accum": 1, "max_length": 192, "learning_rate": 3e-3,
             "lr_scheduler": "cosine", "warmup_steps": 30, "weight_decay": 0.01, "save_steps": 0, "seed": 0,
-            "threads": 2, "logging_steps": 20}
+            "threads": 1, "logging_steps": 20}
 QUICK = {"docs": 400, "overrides": {"max_steps": 6, "batch_size": 8, "warmup_steps": 1}, "size": "nano",
          "eval_n": 4, "eval_k": 2}
 MEASURE = {"n": 50, "k": 16}
 
 
 def small_dir() -> str:
-    from posttrain.builtin import _version, cache_dir
+    from posttrain.lab.builtin import _version, cache_dir
 
     return cache_dir("models", f"small-w{_version()}-v{SMALL_VERSION}")
 

@@ -99,12 +99,13 @@ def worked(problem: ArithmeticProblem, rng: random.Random | None = None, *, styl
     """A worked answer: an optional opener, one block per operation, then "The answer is N.".
 
     `columns`: "47 + 38: ones: 7 + 8 = 15, write 5, carry 1. tens: ... So 47 + 38 = 85." per step;
-    `compact`: "47+38: 7+8=15 carry 1, 4+3+1=8 so 85" per step. With `mistake`, one step (drawn
-    with `rng`) forgets its carry or borrow (a product counts one step too far) and the error propagates."""
+    `compact`: "47+38: 7+8=15 carry 1, 4+3+1=8 so 85" per step. With `mistake`, the last step forgets its
+    carry or borrow (a product counts one step too far; a step with nothing to forget slips by ten), so the
+    final answer is wrong. `rng` is accepted for callers that draw styles; the answer itself is deterministic."""
     if style not in STYLES:
         raise ValueError(f"unknown worked style {style!r}; expected one of {STYLES}")
     steps = problem.steps()
-    wrong_at = (rng or random.Random(0)).randrange(len(steps)) if mistake else -1
+    wrong_at = len(steps) - 1 if mistake else -1
     lines, acc = ([opener] if opener else []), problem.operands[0]
     for i, (_, op, b, _) in enumerate(steps):
         clauses, r = step_clauses(acc, op, b, mistake=i == wrong_at, compact=style == "compact")
@@ -139,7 +140,8 @@ def is_correct(text: str, answer: int | str) -> bool:
 
 
 def shows_work(text: str) -> bool:
-    """The completion works digit by digit (a column clause such as "ones: 7 + 8 = 15"), counts in steps
-    ("6,12,18 so 18") or goes step by step (two or more "a op b = c" equations): not only a bare answer."""
-    return (bool(re.search(r"\bones\b|\d+, ?\d+.* so \d+", text))
+    """The completion works digit by digit (a column clause such as "ones: 7 + 8 = 15"), writes a worked step
+    ("6*3: 6,12,18 so 18", "47+38: 7+8=15 carry 1, ... so 85") or goes step by step (two or more "a op b = c"
+    equations): not only a bare answer."""
+    return (bool(re.search(r"\bones\b|\d+ ?[-+*] ?\d+: .*\bso \d+", text, re.IGNORECASE))
             or len(re.findall(r"\d+ ?[-+*] ?\d+ ?= ?\d+", text)) >= 2)
