@@ -13,6 +13,7 @@ import torch
 
 from posttrain.config import TrainConfig, opt
 from posttrain.core.algorithm import Algorithm, StepSampler
+from posttrain.core.distributed import all_reduce
 from posttrain.core.logprobs import token_logps
 from posttrain.losses.sft import SFT_LOSSES
 
@@ -48,8 +49,10 @@ class SFT(Algorithm):
                 engine.say("packing: attention runs per packed row (sdpa_varlen), no cross-row attention")
         self.examples, stats = self._build(self.cfg.data.train, "train")
         if self.cfg.loss == "unlikelihood" and not any(e.negative for e in self.examples):
-            raise ValueError("loss=unlikelihood needs negative completions: rows with a `rejected` column or "
-                             "`label: false`; the training data has none")
+            from posttrain.data.errors import DataError
+
+            raise DataError(f"{self.cfg.data.train}: loss=unlikelihood needs negative completions: rows with a "
+                            "`rejected` column or `label: false`; the training data has none")
         engine.say(f"train rows: kept {stats.kept}, truncated {stats.truncated}, "
                    f"dropped {sum(stats.dropped.values())} {dict(stats.dropped) or ''}".rstrip())
         if self.cfg.data.eval:
@@ -73,10 +76,10 @@ class SFT(Algorithm):
     def tokens(self, batch) -> int:
         return int(batch.attention_mask.sum()) if batch.attention_mask is not None else int(batch.input_ids.numel())
 
-    def loss(self, model, batch, num_items: float):
+    def loss(self, model, batch, norm):
         logps = token_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids,
                             chunk_size=self.cfg.logits_chunk)
-        return self.loss_fn(logps, batch.mask, batch.neg_mask, num_items,
+        return self.loss_fn(logps, batch.mask, batch.neg_mask, norm.num_items,
                             unlikelihood_alpha=self.cfg.unlikelihood_alpha)
 
     def has_eval(self) -> bool:
@@ -91,9 +94,7 @@ class SFT(Algorithm):
             lp = token_logps(model, b.input_ids, b.attention_mask, b.position_ids, chunk_size=self.cfg.logits_chunk)
             total += float(-(lp * b.mask).sum())
             count += float(b.mask.sum())
-        from posttrain.core.engine import _all_reduce
-
-        total, count = _all_reduce([total, count])
+        total, count = all_reduce([total, count])
         nll = total / max(count, 1.0)
         return {"loss": nll, "ppl": float(torch.exp(torch.tensor(min(nll, 50.0))))}
 

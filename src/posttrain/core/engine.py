@@ -1,8 +1,8 @@
 """The one training loop every algorithm shares, on `accelerate`.
 
-Per optimizer step: the algorithm hands over this process's micro-batches; the engine sums their
-normaliser over all micro-batches and processes (so the loss is one mean over the whole accumulated
-batch), backpropagates each micro-batch, all-reduces gradients once (data parallel), clips, and steps
+Per optimizer step: the algorithm hands over this process's micro-batches; the engine builds the
+step's `Normaliser` from their `counts` summed over all micro-batches and processes (so the loss is
+one mean over the whole accumulated batch) and passes it to every `loss` call, backpropagates each micro-batch, all-reduces gradients once (data parallel), clips, and steps
 AdamW and the schedule. A non-finite loss or gradient skips the step with params and optimizer
 untouched; `max_consecutive_skips` in a row abort. Logging, evaluation, atomic checkpoints, exact
 resume and the final `save_pretrained` folder live here too.
@@ -19,8 +19,12 @@ import torch.distributed as dist
 
 from posttrain.config import plain, to_yaml
 from posttrain.core import checkpoint as ckpt
+from posttrain.core import checkpoint_integrity as integrity
+from posttrain.core.distributed import all_reduce
+from posttrain.core.divergence import abs_max, divergence_problems
 from posttrain.core.metrics_log import MetricsLogger, read_metrics
 from posttrain.core.models import save_final
+from posttrain.losses.reduce import step_normaliser
 
 
 class TrainingAborted(RuntimeError):
@@ -37,14 +41,6 @@ def mixed_precision_name(value) -> str:
     if name in ("fp16", "float16"):
         return "fp16"
     raise ValueError(f"mixed_precision: expected no, bf16 or fp16, found {value!r}")
-
-
-def _all_reduce(values: list[float], op=None) -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t.tolist()
 
 
 class Engine:
@@ -68,6 +64,7 @@ class Engine:
         self.device = self.accelerator.device
         self.ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
         self.step, self.skipped, self.consecutive_skips = 0, 0, 0
+        self.last_loss, self.init_abs_max = None, None
         algorithm.setup(self)
         self._sync_initial_params()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -106,34 +103,50 @@ class Engine:
 
     # ----------------------------------------------------------------- resume / save
     def _resume(self) -> None:
-        if not self.cfg.resume:
+        if self.is_main:
+            for p in integrity.clean_temp_folders(self.cfg.output_dir, self.ckpt_root):
+                self.say(f"removed {p}, a temp folder left by an interrupted run")
+        if self.cfg.resume:
+            found = ckpt.resume_latest(self.ckpt_root, model=self.model, optimizer=self.optimizer,
+                                       scheduler=self.scheduler, rank=self.rank, world=self.world,
+                                       is_main=self.is_main, barrier=self.barrier, log=self.say)
+            if found is not None:
+                meta, algo_state = found
+                self.step, self.skipped = meta["step"], meta.get("skipped", 0)
+                self.consecutive_skips = meta.get("consecutive_skips", 0)
+                self.init_abs_max = meta.get("init_abs_max")
+                self.algo.load_state_dict(algo_state)
+        if self.init_abs_max is None:
+            self.init_abs_max = abs_max(self.params)
+        self._warn_if_short_of_space()
+
+    def _warn_if_short_of_space(self) -> None:
+        """Before the first save: warn when the free space cannot hold two checkpoints."""
+        if not self.is_main:
             return
-        path = ckpt.latest_complete(self.ckpt_root, log=self.say)
-        if path is None:
-            return
-        meta, algo_state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer,
-                                                scheduler=self.scheduler, rank=self.rank)
-        self.step, self.skipped = meta["step"], meta.get("skipped", 0)
-        self.consecutive_skips = meta.get("consecutive_skips", 0)
-        self.algo.load_state_dict(algo_state)
+        need, free = integrity.estimate_bytes(self.model, self.optimizer), integrity.free_bytes(self.ckpt_root)
+        if free < 2 * need:
+            self.say(f"warning: the {integrity.mb(free)} free where checkpoints go ({self.ckpt_root}) cannot hold two "
+                     f"checkpoints of ~{integrity.mb(need)} each; free some space or point output_dir elsewhere")
 
     def save_checkpoint(self) -> str:
         return ckpt.save_checkpoint(
             self.ckpt_root, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
             algo_state=self.algo.state_dict(), config_yaml=to_yaml(self.cfg), is_main=self.is_main,
             rank=self.rank, barrier=self.barrier, keep=self.cfg.save_total_limit,
-            trainer_state={"skipped": self.skipped, "consecutive_skips": self.consecutive_skips})
+            trainer_state={"skipped": self.skipped, "consecutive_skips": self.consecutive_skips,
+                           "init_abs_max": self.init_abs_max})
 
     # ----------------------------------------------------------------- one step
     def _backward_step(self, micros) -> dict:
-        local_items = sum(self.algo.num_items(m) for m in micros)
-        local_tokens = sum(self.algo.tokens(m) for m in micros)
-        num_items, tokens = _all_reduce([local_items, local_tokens])
-        num_items = max(num_items, 1e-8)
+        # the step's normaliser, for every algorithm: counts summed over micro-batches and processes
+        local = [sum(c) for c in zip(*(self.algo.counts(m) + (self.algo.tokens(m),) for m in micros))]
+        items, loss_tokens, rows, tokens = all_reduce(local)
+        norm = step_normaliser(items, loss_tokens, rows, self.algo.max_len())
         loss_sum, sums = 0.0, {}
         for m in micros:
             with self.accelerator.autocast():
-                loss, metrics = self.algo.loss(self.model, m, num_items)
+                loss, metrics = self.algo.loss(self.model, m, norm)
             loss.backward()
             loss_sum = loss_sum + loss.detach()
             for k, v in metrics.items():
@@ -142,7 +155,7 @@ class Engine:
         # one host transfer for all metrics of the step (a GPU sync per metric would stall the stream)
         values = torch.stack([torch.as_tensor(x, dtype=torch.float32, device=self.device).reshape(())
                               for x in [loss_sum] + [sums[k] for k in keys]]).tolist()
-        reduced = _all_reduce([values[0]] + [v / len(micros) for v in values[1:]])
+        reduced = all_reduce([values[0]] + [v / len(micros) for v in values[1:]])
         out = {"loss": reduced[0], **{k: v / self.world for k, v in zip(keys, reduced[1:])}}
         out["tokens"] = tokens
         return out
@@ -162,6 +175,7 @@ class Engine:
         clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
         finite = math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)
+        self.last_loss = metrics["loss"]
         if finite:
             self.optimizer.step()
             self.scheduler.step()
@@ -228,14 +242,40 @@ class Engine:
             bar.close()
             log.close()
         self._finish()
-        return last
+        return {**last, "skipped_steps": self.skipped}
+
+    def _refuse_if_diverged(self) -> None:
+        """Before the last checkpoint and the final folder: a diverged run is an error, not a result (the
+        older checkpoints are left as they are)."""
+        c = self.cfg
+        problems = divergence_problems(model=self.model, last_loss=self.last_loss, skipped=self.skipped,
+                                       steps=self.step, init_abs_max=self.init_abs_max,
+                                       max_skipped_fraction=c.max_skipped_fraction,
+                                       max_weight_growth=c.max_weight_growth)
+        if problems:
+            raise TrainingAborted(f"the run diverged, so no final model was saved: {'; '.join(problems)}. "
+                                  f"{ckpt.newest_complete_name(self.ckpt_root).capitalize()} (in {self.ckpt_root}; "
+                                  "it may hold diverged weights already). Lower learning_rate or check the data and "
+                                  "mixed precision, then rerun with resume=false to start over")
+
+    def _save_final(self, out: str) -> None:
+        try:
+            save_final(self.model, self.tokenizer, out, merge_lora=self.cfg.lora.merge_on_save)
+        except Exception as e:
+            need = integrity.model_bytes(self.model)
+            if integrity.is_disk_full(e, self.cfg.output_dir, 2**20):
+                integrity.clean_temp_folders(self.cfg.output_dir, self.ckpt_root)
+                raise ckpt.disk_full_error("the final model", out, need, self.ckpt_root) from None
+            raise
 
     def _finish(self) -> None:
         c = self.cfg
+        self._refuse_if_diverged()
         if not any(s == self.step for s, _ in ckpt.list_checkpoints(self.ckpt_root)):
             self.save_checkpoint()
+        self.say(f"{self.skipped} of {self.step} steps were skipped as non-finite")
         if self.is_main:
-            save_final(self.model, self.tokenizer, os.path.join(c.output_dir, "final"), merge_lora=c.lora.merge_on_save)
+            self._save_final(os.path.join(c.output_dir, "final"))
             self.plot()
         self.algo.finish(self)
         self.barrier()
