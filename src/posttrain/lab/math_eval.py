@@ -66,11 +66,11 @@ def math_eval(model, tok, levels: dict[int, list[dict]], *, template: str = PLAI
     the prompts are the tokenizer's chat template with the generation prompt instead of `template`; `k = 0`:
     greedy accuracy only."""
     from posttrain.data import encode_prompt
-    from posttrain.rollout import SamplingParams, make_backend
+    from posttrain.rollout import RolloutOptions, SamplingParams, make_backend
 
     from .worked import is_correct
 
-    backend = make_backend("hf", model, tok, batch_size=batch_size)
+    backend = make_backend("hf", model, tok, RolloutOptions(batch_size=batch_size))
     out = {}
     for level, rows in levels.items():
         prompts = [encode_prompt({"prompt": [{"role": "user", "content": _user_text(r)}]}, tok) if chat
