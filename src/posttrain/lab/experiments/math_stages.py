@@ -16,17 +16,17 @@ from posttrain.lab.math_eval import PLAIN, R1_ZERO, math_eval, rows_by_level
 
 MATH = {"name": "math", "weight": 1.0, "last_number": True}
 FORMAT = {"name": "format", "weight": 0.5, "search": True, "pattern": r"The answer is \d+\.\s*\Z"}
-# GRPO on arithmetic: 40 rounds of 4 prompts x 8 samples (T = 1, up to 96 tokens), one optimizer step each,
+# GRPO on arithmetic: 30 rounds of 4 prompts x 8 samples (T = 1, up to 96 tokens), one optimizer step each,
 # DAPO clip-higher, no KL; greedy held-out accuracy on 64 test problems every 10 steps; every round's samples kept
-GRPO_MATH = {"max_steps": 40, "batch_size": 32, "grad_accum": 1, "num_generations": 8, "max_length": 192,
+GRPO_MATH = {"max_steps": 30, "batch_size": 32, "grad_accum": 1, "num_generations": 8, "max_length": 192,
              "max_new_tokens": 96, "learning_rate": 2e-4, "lr_scheduler": "constant", "warmup_steps": 0,
              "data.train": "builtin:arith_train", "data.eval": "builtin:arith_test", "data.max_eval_rows": 64,
              "eval_steps": 10, "sample_steps": 1, "beta": 0.0, "temperature": 1.0, "epsilon_high": 0.28,
              "rewards": [MATH], "prompt_template": PLAIN, "loss_type": "dapo", "scale_rewards": True}
 QUICK_GRPO = {"max_steps": 2, "batch_size": 4, "num_generations": 2, "max_new_tokens": 16, "eval_steps": 0,
               "data.eval": None}
-# SFT on worked demonstrations: 150 steps of 16 demonstrations, held-out NLL every 25 steps
-SFT_MATH = {"max_steps": 150, "batch_size": 16, "learning_rate": 5e-4, "warmup_steps": 10, "max_length": 192,
+# SFT on worked demonstrations: 100 steps of 16 demonstrations, held-out NLL every 25 steps
+SFT_MATH = {"max_steps": 100, "batch_size": 16, "learning_rate": 5e-4, "warmup_steps": 10, "max_length": 192,
             "lr_scheduler": "cosine", "loss": "nll", "eval_steps": 25, "data.max_eval_rows": 200}
 QUICK_SFT = {"max_steps": 3, "batch_size": 4, "eval_steps": 0}
 EVAL = {"full": {"n": 50, "k": 8, "max_new_tokens": 112}, "quick": {"n": 2, "k": 2, "max_new_tokens": 16}}

@@ -31,7 +31,7 @@ AGGREGATIONS = {"grpo": {"loss_type": "grpo"}, "dr_grpo": {"loss_type": "dr_grpo
 R1 = {"prompt_template": R1_ZERO, "rewards": [MATH, FORMAT]}
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REAL = {"gguf_file": GGUF, "prompt_template": None,
-        "max_steps": 20, "batch_size": 16, "num_generations": 8, "learning_rate": 1e-6, "max_new_tokens": 96,
+        "max_steps": 20, "batch_size": 16, "num_generations": 8, "learning_rate": 5e-6, "max_new_tokens": 96,
         "max_length": 256, "eval_steps": 0, "data.eval": None}
 TEMPLATES = {"sft": PLAIN, "sft_grpo": PLAIN, **{f"r1zero_{a}": R1_ZERO for a in AGGREGATIONS}}
 BASE = "small"          # builtin:small, unless --base or --quick
