@@ -94,12 +94,30 @@ def data_command(argv: list[str]) -> int:
     return 0
 
 
+def judge_command(argv: list[str]) -> int:
+    if not argv or argv[0] != "label":
+        print("usage: posttrain judge label --config FILE [key=value ...]   (--help lists the keys)")
+        return 2
+    from posttrain.config import load_config
+    from posttrain.judge_label import LabelConfig, describe, label
+    from posttrain.lab.builtin import resolve_config
+
+    config, overrides, want_help = _split_args(argv[1:])
+    if want_help:
+        print_keys("judge label", LabelConfig)
+        return 0
+    print(describe(label(resolve_config(load_config(LabelConfig, config, overrides)))), file=sys.stderr)
+    return 0
+
+
 def usage() -> str:
     names = "|".join(sorted(TRAINERS))
     return (f"usage: posttrain {{{names}}} --config FILE [key=value ...]\n"
             "       posttrain data inspect --config FILE [key=value ...]\n"
             "       posttrain lab {export|pretrain} ...\n"
             "       posttrain demo [--out DIR]\n"
+            "       posttrain serve MODEL [--port 8000]\n"
+            "       posttrain judge label --config FILE [key=value ...]\n"
             "Add --help after a trainer's name to list every config key.")
 
 
@@ -116,6 +134,12 @@ def dispatch(argv: list[str]) -> int:
         from posttrain.lab.cli import main as lab_main
 
         return lab_main(rest)
+    if cmd == "serve":
+        from posttrain.serve import main as serve_main
+
+        return serve_main(rest)
+    if cmd == "judge":
+        return judge_command(rest)
     if cmd == "demo":
         from posttrain.lab.demo import main as demo_main
 

@@ -15,8 +15,9 @@ def _data_error():
 
 def _reward_error():
     from posttrain.rewards.base import RewardSpecError
+    from posttrain.rewards.judge_text import JudgeError
 
-    return (RewardSpecError,)
+    return (RewardSpecError, JudgeError)
 
 
 USER_ERRORS = (ConfigError, CheckpointError, TrainingAborted, ModelLoadError, FileNotFoundError) + _data_error() \
