@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from posttrain.config import opt
 
-from .judge_text import DEFAULT_TEMPLATES, Fence, check_template, fill, parse_rubric, prompt_text
+from .judge_text import DEFAULT_TEMPLATES, Fence, JudgeError, check_template, fill, parse_rubric, prompt_text
 
 MODES = ("yes_no", "rubric", "pairwise")
 DEFAULT_TEMPLATE = DEFAULT_TEMPLATES["yes_no"]
@@ -59,11 +59,11 @@ class JudgeConfig:
 def check_config(cfg: JudgeConfig) -> str:
     """The template to use; a `ValueError` naming the bad field."""
     if cfg.mode not in MODES:
-        raise ValueError(f"judge.mode: expected one of {', '.join(MODES)}, found {cfg.mode!r}")
+        raise JudgeError(f"judge.mode: expected one of {', '.join(MODES)}, found {cfg.mode!r}")
     if not cfg.model and not cfg.url:
-        raise ValueError("judge: set judge.model (a model to load) or judge.url (a server)")
+        raise JudgeError("judge: set judge.model (a model to load) or judge.url (a server)")
     if cfg.mode == "rubric" and not cfg.rubric_min < cfg.rubric_max:
-        raise ValueError(f"judge.rubric_min ({cfg.rubric_min}) must be below judge.rubric_max ({cfg.rubric_max})")
+        raise JudgeError(f"judge.rubric_min ({cfg.rubric_min}) must be below judge.rubric_max ({cfg.rubric_max})")
     template = cfg.template if cfg.template is not None else DEFAULT_TEMPLATES[cfg.mode]
     check_template(template, cfg.mode)
     return template
@@ -77,7 +77,7 @@ class Judge:
                  rubric_min: float = 1, rubric_max: float = 10, max_new_tokens: int = 8, name: str = "judge",
                  fence: Fence | None = None):
         if mode not in ("yes_no", "rubric"):
-            raise ValueError(f"Judge is pointwise: mode yes_no or rubric, found {mode!r} (pairwise: PairwiseJudge)")
+            raise JudgeError(f"Judge is pointwise: mode yes_no or rubric, found {mode!r} (pairwise: PairwiseJudge)")
         self.backend, self.mode, self.name = backend, mode, name
         self.template = template if template is not None else DEFAULT_TEMPLATES[mode]
         self.fields = check_template(self.template, mode)
@@ -104,11 +104,11 @@ class Judge:
     def __call__(self, prompts: Sequence, completions: Sequence[str], **columns) -> list[float | None]:
         """One score in [0, 1] per (prompt, completion); `columns` are lists parallel to `prompts`."""
         if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+            raise JudgeError(f"{len(prompts)} prompts but {len(completions)} completions")
         used = [k for k in self.fields if k in columns]
         for k in used:
             if len(columns[k]) != len(prompts):
-                raise ValueError(f"column {k!r} has {len(columns[k])} values for {len(prompts)} prompts")
+                raise JudgeError(f"column {k!r} has {len(columns[k])} values for {len(prompts)} prompts")
         keys = [(self.backend.name, self.mode, self.template, prompt_text(p), c,
                  tuple(str(columns[k][i]) for k in used)) for i, (p, c) in enumerate(zip(prompts, completions))]
         first: dict[tuple, int] = {}                      # each uncached key asked once, at its first row

@@ -20,6 +20,8 @@ from typing import Sequence
 
 import torch
 
+from .judge_text import JudgeError
+
 
 def first_ids(tokenizer, words: Sequence[str], what: str) -> list[int]:
     if isinstance(words, str):
@@ -28,7 +30,7 @@ def first_ids(tokenizer, words: Sequence[str], what: str) -> list[int]:
     for w in words:
         toks = tokenizer(w, add_special_tokens=False)["input_ids"]
         if not toks:
-            raise ValueError(f"judge {what}: {w!r} tokenises to nothing")
+            raise JudgeError(f"judge {what}: {w!r} tokenises to nothing")
         ids.append(toks[0])
     return sorted(set(ids))
 
@@ -38,7 +40,7 @@ def distinct_ids(tokenizer, first: Sequence[str], second: Sequence[str]) -> tupl
     shared = set(a) & set(b)
     a, b = [i for i in a if i not in shared], [i for i in b if i not in shared]
     if not a or not b:
-        raise ValueError(f"judge words {list(first)} and {list(second)} start with the same tokens; "
+        raise JudgeError(f"judge words {list(first)} and {list(second)} start with the same tokens; "
                          "pick words whose first tokens differ")
     return a, b
 
@@ -47,9 +49,9 @@ class LocalBackend:
     def __init__(self, model, tokenizer, *, chat: bool = True, batch_size: int = 16, max_length: int = 1024,
                  name: str = "local"):
         if batch_size < 1:
-            raise ValueError(f"judge batch_size must be >= 1, got {batch_size}")
+            raise JudgeError(f"judge batch_size must be >= 1, got {batch_size}")
         if chat and not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"judge.chat is true but the judge model {name!r} has no chat template; "
+            raise JudgeError(f"judge.chat is true but the judge model {name!r} has no chat template; "
                              "set judge.chat: false to give it the question as plain text")
         self.model, self.tokenizer = model.eval().requires_grad_(False), tokenizer
         self.chat, self.batch_size, self.max_length, self.name = chat, batch_size, max_length, name

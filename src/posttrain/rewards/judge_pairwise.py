@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .judge_text import DEFAULT_TEMPLATES, Fence, check_template, fill, prompt_text
+from .judge_text import DEFAULT_TEMPLATES, Fence, JudgeError, check_template, fill, prompt_text
 
 
 @dataclass
@@ -78,7 +78,7 @@ class PairwiseJudge:
                 columns: list[dict] | None = None) -> list[Verdict | None]:
         """One verdict of x against y per row (module docstring); `columns[i]` fills other template fields."""
         if not len(prompts) == len(xs) == len(ys):
-            raise ValueError(f"pairwise judge: {len(prompts)} prompts, {len(xs)} first and {len(ys)} second responses")
+            raise JudgeError(f"pairwise judge: {len(prompts)} prompts, {len(xs)} first and {len(ys)} second responses")
         columns = columns or [{} for _ in prompts]
         n = len(prompts)
         both = self._p_first(list(prompts) * 2, list(xs) + list(ys), list(ys) + list(xs), list(columns) * 2)
@@ -114,11 +114,11 @@ class PairwiseReward:
 
     def __call__(self, prompts: Sequence, completions: Sequence[str], **columns) -> list[float | None]:
         if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+            raise JudgeError(f"{len(prompts)} prompts but {len(completions)} completions")
         used = [k for k in self.judge.fields if k not in ("prompt", "completion_a", "completion_b")]
         missing = [k for k in used + ([self.reference] if self.reference else []) if k not in columns]
         if missing:
-            raise ValueError(f"pairwise judge needs data column(s) {missing}; columns: {sorted(columns)}")
+            raise JudgeError(f"pairwise judge needs data column(s) {missing}; columns: {sorted(columns)}")
         cols = [{k: columns[k][i] for k in used} for i in range(len(prompts))]
         if self.reference:
             refs = [str(r) for r in columns[self.reference]]

@@ -16,6 +16,12 @@ import re
 import secrets
 import string
 
+
+
+class JudgeError(ValueError):
+    """A judge's configuration or input is wrong (template, mode, model, columns, server): printed as `error:`."""
+
+
 POINTWISE_FIELDS = ("completion",)
 PAIRWISE_FIELDS = ("completion_a", "completion_b")
 
@@ -33,20 +39,20 @@ def template_fields(template: str) -> list[str]:
     try:
         names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
-        raise ValueError(f"judge template is not a valid format string: {exc}") from None
+        raise JudgeError(f"judge template is not a valid format string: {exc}") from None
     return list(dict.fromkeys(n for n in names if n))
 
 
 def check_template(template: str, mode: str) -> list[str]:
     """The template's fields; a `ValueError` naming what is missing for `mode`."""
     if not isinstance(template, str) or not template.strip():
-        raise ValueError(f"judge template must be a non-empty string, found {template!r}")
+        raise JudgeError(f"judge template must be a non-empty string, found {template!r}")
     fields = template_fields(template)
     need = PAIRWISE_FIELDS if mode == "pairwise" else POINTWISE_FIELDS
     missing = [f for f in need if f not in fields]
     if missing:
         shown = ", ".join("{" + f + "}" for f in missing)
-        raise ValueError(f"judge template (mode {mode}) must contain {shown}; found fields "
+        raise JudgeError(f"judge template (mode {mode}) must contain {shown}; found fields "
                          f"{['{' + f + '}' for f in fields]} in {template[:80]!r}")
     return fields
 
@@ -79,7 +85,7 @@ def fill(template: str, fields: list[str], values: dict, fence: Fence | None) ->
     """`template` filled from `values` (completion fields fenced when `fence`); names a missing column."""
     missing = [f for f in fields if f not in values]
     if missing:
-        raise ValueError(f"judge template names {missing} but the data has no such column; columns: {sorted(values)}")
+        raise JudgeError(f"judge template names {missing} but the data has no such column; columns: {sorted(values)}")
     untrusted = [f for f in fields if f in POINTWISE_FIELDS + PAIRWISE_FIELDS]
     filled = {f: (fence.wrap(str(values[f])) if fence and f in untrusted else values[f]) for f in fields}
     text = template.format(**filled)
