@@ -61,5 +61,8 @@ def test_missing_model_path_is_named_with_the_recipe_that_makes_it(tmp_path, mon
     assert missing_source_message("HuggingFaceTB/SmolLM2-135M") is None  # a hub name: left to the hub
     assert missing_source_message(str(tmp_path)) is None
     assert producing_recipe("runs/other/final") is None
+    (tmp_path / "recipes" / "dapo-x.yaml").write_text("# posttrain grpo --config recipes/dapo-x.yaml\n"
+                                                     "output_dir: runs/dapo-x\n")
+    assert producing_recipe("runs/dapo-x/final") == "posttrain grpo --config recipes/dapo-x.yaml"  # as its comment says
     assert main(["sft", "model=runs/sft-tiny/final", "report_to=[]"]) == 2
     assert "train it first with: posttrain sft --config recipes/sft-tiny.yaml" in _one_error(capsys.readouterr().err)
