@@ -71,3 +71,32 @@ def test_config_builds_a_pairwise_reward():
     r = build_judge(JudgeConfig(model="m", mode="pairwise", reference="answer"), backend=ByLength())
     assert isinstance(r, PairwiseReward) and r.name == "judge" and r.reference == "answer"
     assert r(["p"], ["longer"], answer=["s"]) == [1.0]
+
+
+def test_grpo_from_config_with_a_pairwise_judge_against_the_group(tiny_model_dir, tmp_path):
+    """GRPO built from config keys only, rewarded by a pairwise judge (the tiny model) within each group."""
+    import json
+    import os
+
+    import torch
+
+    from posttrain.algorithms.grpo import GRPO, GRPOConfig
+    from posttrain.config import load_config
+    from posttrain.core.engine import Engine
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"Say {i}."}]}) + "\n"
+                            for i in range(4)))
+    keys = {"model": tiny_model_dir, "data.train": str(data), "output_dir": str(tmp_path / "out"), "report_to": "[]",
+            "max_steps": 1, "batch_size": 4, "num_generations": 4, "max_new_tokens": 4, "max_length": 48,
+            "threads": 1, "rewards": "[]", "judge.model": tiny_model_dir, "judge.mode": "pairwise", "judge.batch_size": 12}
+    cfg = load_config(GRPOConfig, None, [f"{k}={v}" for k, v in keys.items()])
+    threads = torch.get_num_threads()
+    try:
+        Engine(cfg, GRPO(cfg)).train()
+    finally:
+        torch.set_num_threads(threads)
+    last = [json.loads(line) for line in open(os.path.join(cfg.output_dir, "metrics.jsonl"))][-1]
+    # one group of 4: each of the 6 pairs hands out 1 point (1 + 0 or 0.5 + 0.5), so the mean win rate is
+    # 6 / (4 * 3) * 2 / 2 = 0.5 exactly, whatever the judge prefers, when no verdict is None
+    assert last["reward/judge/none_count"] == 0 and last["reward/judge/mean"] == pytest.approx(0.5)
