@@ -65,6 +65,9 @@ def test_reward_against_a_reference_and_against_the_group():
     b.asked = 0
     assert group(["p", "p", "p", "q"], ["a", "aa", "aaa", "z"]) == [0.0, 0.5, 1.0, None]
     assert b.asked == 6                                  # 3 pairs x 2 orders
+    assert group.counts() == {"judge/pairs": 3.0, "judge/consistent": 3.0, "judge/first_position_wins": 3.0,
+                              "judge/unanswered": 0.0}
+    assert group.counts()["judge/pairs"] == 0.0                 # counts since the previous call
 
 
 def test_config_builds_a_pairwise_reward():
@@ -100,3 +103,5 @@ def test_grpo_from_config_with_a_pairwise_judge_against_the_group(tiny_model_dir
     # one group of 4: each of the 6 pairs hands out 1 point (1 + 0 or 0.5 + 0.5), so the mean win rate is
     # 6 / (4 * 3) * 2 / 2 = 0.5 exactly, whatever the judge prefers, when no verdict is None
     assert last["reward/judge/none_count"] == 0 and last["reward/judge/mean"] == pytest.approx(0.5)
+    assert last["judge/pairs"] == 6 and last["judge/unanswered"] == 0           # C(4, 2) pairs, both orders
+    assert 0 <= last["judge/consistent"] <= 6 and 0 <= last["judge/first_position_wins"] <= 12
