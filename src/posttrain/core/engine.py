@@ -4,7 +4,10 @@ Per optimizer step: the algorithm hands over this process's micro-batches; the e
 normaliser over all micro-batches and processes (so the loss is one mean over the whole accumulated
 batch), backpropagates each micro-batch, all-reduces gradients once (data parallel), clips, and steps
 AdamW and the schedule. A non-finite loss or gradient skips the step with params and optimizer
-untouched; `max_consecutive_skips` in a row abort. Logging, evaluation, atomic checkpoints, exact
+untouched; `max_consecutive_skips` in a row abort. With `mixed_precision: fp16` (on a GPU) the loss is
+scaled by a `torch.amp.GradScaler` before backward and the gradients unscaled before clipping, so small
+gradients do not underflow; an overflow at a scale above 1 is the scaler's (it halves the scale) and does
+not count toward the abort. Logging, evaluation, atomic checkpoints, exact
 resume and the final `save_pretrained` folder live here too.
 """
 from __future__ import annotations
@@ -59,6 +62,11 @@ class Engine:
                                        mixed_precision=mixed_precision_name(cfg.mixed_precision))
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
+        # accelerate builds a GradScaler for fp16 on an accelerator; on CPU fp16 autocast is off altogether
+        self.scaler = self.accelerator.scaler
+        if mixed_precision_name(cfg.mixed_precision) == "fp16" and not self.accelerator.native_amp:
+            self.say("mixed_precision=fp16 has no effect on this device (no fp16 autocast on CPU): training in "
+                     "the model's dtype")
         set_seed(cfg.seed)
         if model is None:
             from posttrain.core.models import load_model
@@ -115,6 +123,8 @@ class Engine:
                                                 scheduler=self.scheduler, rank=self.rank)
         self.step, self.skipped = meta["step"], meta.get("skipped", 0)
         self.consecutive_skips = meta.get("consecutive_skips", 0)
+        if self.scaler is not None and meta.get("grad_scaler"):
+            self.scaler.load_state_dict(meta["grad_scaler"])
         self.algo.load_state_dict(algo_state)
 
     def save_checkpoint(self) -> str:
@@ -122,7 +132,8 @@ class Engine:
             self.ckpt_root, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
             algo_state=self.algo.state_dict(), config_yaml=to_yaml(self.cfg), is_main=self.is_main,
             rank=self.rank, barrier=self.barrier, keep=self.cfg.save_total_limit,
-            trainer_state={"skipped": self.skipped, "consecutive_skips": self.consecutive_skips})
+            trainer_state={"skipped": self.skipped, "consecutive_skips": self.consecutive_skips,
+                           "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None})
 
     # ----------------------------------------------------------------- one step
     def _backward_step(self, micros) -> dict:
@@ -134,7 +145,7 @@ class Engine:
         for m in micros:
             with self.accelerator.autocast():
                 loss, metrics = self.algo.loss(self.model, m, num_items)
-            loss.backward()
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             loss_sum = loss_sum + loss.detach()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else float(v))
@@ -159,20 +170,36 @@ class Engine:
         micros = self.algo.micro_batches(self.step)
         metrics = self._backward_step(micros)
         self._sync_grads()
+        scale = None
+        if self.scaler is not None:
+            scale = float(self.scaler.get_scale())
+            self.scaler.unscale_(self.optimizer)
         clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
         finite = math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)
+        # fp16: a finite loss whose scaled gradient overflows is the scale's fault while the scale is above 1
+        overflow = not finite and scale is not None and scale > 1 and math.isfinite(metrics["loss"])
         if finite:
-            self.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)  # steps: unscale_ found no inf (the gradient is finite)
+            else:
+                self.optimizer.step()
             self.scheduler.step()
             self.consecutive_skips = 0
         else:
             self.skipped += 1
-            self.consecutive_skips += 1
+            self.consecutive_skips += 0 if overflow else 1
+        if self.scaler is not None:
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         metrics.update(grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0], skipped_steps=self.skipped)
-        if not finite:
+        if scale is not None:
+            metrics["grad_scale"] = scale
+        if overflow:
+            self.say(f"step {self.step}: fp16 gradient overflow at loss scale {scale:g}; step skipped, scale "
+                     f"lowered to {float(self.scaler.get_scale()):g}")
+        elif not finite:
             self.say(f"step {self.step}: non-finite loss or gradient (loss={metrics['loss']}, "
                      f"grad_norm={grad_norm}); step skipped, params and optimizer untouched")
             if self.consecutive_skips >= self.cfg.max_consecutive_skips:
