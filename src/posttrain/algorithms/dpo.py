@@ -59,6 +59,7 @@ def _wmean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 class DPO(Algorithm):
     name = "dpo"
+    dropout = False  # log-ratios against the reference: the policy's forward must be deterministic
     plot_keys = ("loss", "eval/loss", "rewards/accuracy", "rewards/margin", "rewards/chosen", "rewards/rejected",
                  "logps/chosen", "logps/rejected", "eval/rewards/accuracy", "grad_norm")
 

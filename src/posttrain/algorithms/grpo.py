@@ -106,6 +106,7 @@ def check_config(c: GRPOConfig) -> None:
 
 class GRPO(Algorithm):
     name = "grpo"
+    dropout = False  # later passes over a round need exact importance ratios
     plot_keys = ("reward/total/mean", "eval/reward/total/mean", "loss", "kl", "entropy", "clip_frac",
                  "frac_zero_std_groups", "completion_len/mean", "gen_s", "train_s")
 

@@ -54,6 +54,7 @@ def load_reward_model(cfg: RewardModelConfig):
 
 class RewardModelTrainer(Algorithm):
     name = "rm"
+    dropout = False  # scores compared within a pair must come from the same deterministic function
     plot_keys = ("loss", "accuracy", "margin", "eval/accuracy", "eval/margin", "eval/ece", "eval/length_pearson",
                  "grad_norm")
 

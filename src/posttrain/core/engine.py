@@ -76,6 +76,11 @@ class Engine:
         self.device = self.accelerator.device
         self.ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
         self.step, self.skipped, self.consecutive_skips = 0, 0, 0
+        if not algorithm.dropout:
+            from posttrain.core.models import disable_dropout
+
+            if disable_dropout(self.model):
+                self.say(f"dropout off: {algorithm.name} compares forward passes, which dropout would perturb")
         algorithm.setup(self)
         self._sync_initial_params()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
