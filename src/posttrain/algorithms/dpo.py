@@ -2,7 +2,7 @@
 
 `loss` picks one function of `posttrain.losses.preference.DPO_LOSSES` once, at build time:
   sigmoid  DPO (Rafailov et al. 2023); with label_smoothing > 0, conservative DPO (cDPO)
-  ipo      IPO (Azar et al. 2023), on token-averaged log-probs as TRL does
+  ipo      IPO (Azar et al. 2023): loss on token-averaged log-probs, rewards logged on summed ones, as TRL
   hinge    SLiC-style hinge on the log-ratios
   robust   robust DPO (Chowdhury et al. 2024), label_smoothing = assumed flip rate
   simpo    SimPO (Meng et al. 2024): reference-free, length-normalised; no reference is built at all
