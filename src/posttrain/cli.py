@@ -71,13 +71,14 @@ def print_keys(name: str, cls) -> None:
 
 def run_trainer(name: str, argv: list[str]) -> int:
     from posttrain.config import load_config, to_yaml
+    from posttrain.lab.builtin import resolve_config
 
     cfg_cls, run = TRAINERS[name]()
     config, overrides, want_help = _split_args(argv)
     if want_help:
         print_keys(name, cfg_cls)
         return 0
-    cfg = load_config(cfg_cls, config, overrides)
+    cfg = resolve_config(load_config(cfg_cls, config, overrides))  # builtin:NAME -> local paths, once, here
     if _is_main_process():
         print(f"# posttrain {name}: resolved config (saved to {cfg.output_dir}/config.yaml)\n{to_yaml(cfg)}",
               file=sys.stderr)
@@ -94,8 +95,8 @@ def data_command(argv: list[str]) -> int:
         print("usage: posttrain data inspect --config FILE [key=value ...] [n=3]")
         return 2
     from posttrain.algorithms.sft import SFTConfig
-    from posttrain.builtin import resolve_data
     from posttrain.config import load_config
+    from posttrain.lab.builtin import resolve_config
     from posttrain.core.models import load_tokenizer
     from posttrain.data.formats import load_rows
     from posttrain.data.inspect import inspect_rows
@@ -109,8 +110,8 @@ def data_command(argv: list[str]) -> int:
     if want_help:
         print_keys("data inspect", SFTConfig)
         return 0
-    cfg = load_config(SFTConfig, config, overrides)
-    rows = load_rows(resolve_data(cfg.data.train), split="train")
+    cfg = resolve_config(load_config(SFTConfig, config, overrides))
+    rows = load_rows(cfg.data.train, split="train")
     print(inspect_rows(rows, load_tokenizer(cfg), max_length=cfg.max_length,
                        completion_only_loss=cfg.data.completion_only_loss, n=n))
     return 0

@@ -6,6 +6,11 @@ import torch
 from posttrain.losses.advantages import gae, group_advantages, leave_one_out, whiten
 
 
+def close(t, expected, abs=1e-5):
+    """Nested-list comparison (pytest.approx takes flat sequences only)."""
+    return torch.allclose(t.detach().float(), torch.tensor(expected, dtype=torch.float32), atol=abs, rtol=1e-5)
+
+
 def assert_close(actual, expected, atol=1e-6, rtol=1e-5):
     """torch.allclose with shapes checked (torch.testing.assert_close costs ~0.5 s of imports)."""
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
@@ -123,3 +128,28 @@ def test_whiten_random_ragged_gives_zero_mean_unit_variance():
     assert vals.var(unbiased=True).item() == pytest.approx(1.0, rel=1e-5)
     with pytest.raises(ValueError, match="at least 2"):
         whiten(x, torch.zeros_like(mask))
+
+
+def test_reinforce_pp_returns_to_go_kl_in_reward_and_global_normalisation():
+    from posttrain.losses.advantages import reinforce_pp
+
+    mask = torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+    # no KL: returns are the reward on every token: G = [1, 1, 0, 0] over the 4 masked tokens;
+    # mean 0.5, unbiased var (4 * 0.25) / 3 = 1/3 -> A = +-0.5 / 0.57735 = +-0.866025
+    adv = reinforce_pp(torch.tensor([1.0, 0.0]), mask)
+    assert close(adv, [[0, 0.866025, 0.866025, 0], [0, 0, -0.866025, -0.866025]], abs=1e-5)
+    # beta 1, k1 KL 0.5 on both tokens of row 0: token rewards -0.5, 1 - 0.5 = 0.5 -> returns-to-go 0, 0.5;
+    # G = [0, 0.5, 0, 0], mean 0.125, var (3 * 0.015625 + 0.140625) / 3 = 0.0625, std 0.25
+    kl = torch.tensor([[0.0, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    adv = reinforce_pp(torch.tensor([1.0, 0.0]), mask, kl, beta=1.0)
+    assert close(adv, [[0, -0.5, 1.5, 0], [0, 0, -0.5, -0.5]], abs=1e-5)
+
+
+def test_reinforce_pp_baseline_subtracts_the_group_mean_first():
+    from posttrain.losses.advantages import reinforce_pp
+
+    # groups of 2: rewards (3, 1) -> (1, -1); (5, 5) -> (0, 0). One token per row: G = [1, -1, 0, 0],
+    # mean 0, unbiased var 2/3, std 0.816497 -> [1.224745, -1.224745, 0, 0]
+    mask = torch.ones(4, 1)
+    adv = reinforce_pp(torch.tensor([3.0, 1.0, 5.0, 5.0]), mask, group_size=2)
+    assert adv[:, 0].tolist() == pytest.approx([1.224745, -1.224745, 0.0, 0.0], abs=1e-5)

@@ -48,10 +48,9 @@ def load_prompts(spec, tokenizer, template: str | None, budget: int, max_rows: i
 
     A text is `template.format(prompt=...)` when `template` is set, else the chat template with the
     generation prompt (`data.encode_prompt`; a plain-text prompt stays as it is)."""
-    from posttrain.builtin import resolve_data
     from posttrain.data import Drop, encode_prompt, load_rows
 
-    rows = load_rows(resolve_data(spec), kind="prompt")
+    rows = load_rows(spec, kind="prompt")
     if max_rows is not None:
         rows = rows[:max_rows]
     texts = []

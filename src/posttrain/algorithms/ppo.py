@@ -166,12 +166,11 @@ class PPO(Algorithm):
 
     def _load_prompts(self, spec, split: str) -> tuple[list[dict], list[str]]:
         """Prompt rows whose prompt leaves room for `max_new_tokens` within `max_length`, and their texts."""
-        from posttrain.builtin import resolve_data
         from posttrain.data import Drop, encode_prompt, load_rows
 
         tok, rows, texts, dropped = self.engine.tokenizer, [], [], {}
         budget = self.cfg.max_length - self.cfg.max_new_tokens
-        for row in load_rows(resolve_data(spec), split="train", kind="prompt"):
+        for row in load_rows(spec, split="train", kind="prompt"):
             try:
                 text = encode_prompt(row, tok)
                 if len(tok(text, add_special_tokens=False)["input_ids"]) > budget:

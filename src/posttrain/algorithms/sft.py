@@ -77,11 +77,10 @@ class SFT(Algorithm):
         return kept
 
     def _build(self, spec, split):
-        from posttrain.builtin import resolve_data
         from posttrain.data.dataset import build_sft_examples
         from posttrain.data.formats import load_rows
 
-        rows = load_rows(resolve_data(spec), split="train", kind="sft")
+        rows = load_rows(spec, split="train", kind="sft")
         return build_sft_examples(rows, self.engine.tokenizer, max_length=self.cfg.max_length,
                                   completion_only_loss=self.cfg.data.completion_only_loss)
 

@@ -1,6 +1,7 @@
 """Load and save Hugging Face causal LMs: dtype, attention, checkpointing, GGUF, PEFT LoRA, references.
 
-`model` is a hub name, a local folder, or `builtin:NAME` (built locally by `posttrain.builtin`).
+`model` is a hub name or a local folder. A lab name `builtin:NAME` is resolved to a folder where the
+config is loaded (`posttrain.lab.builtin.resolve_config`), never here.
 Output is `save_pretrained` form (safetensors, tokenizer, chat template) that transformers and vLLM load.
 """
 from __future__ import annotations
@@ -22,11 +23,11 @@ class ModelLoadError(RuntimeError):
 
 
 def resolve_path(name: str) -> str:
-    """`builtin:NAME` to its cached folder; anything else unchanged."""
+    """`name` unchanged, or `ModelLoadError` for an unresolved lab name `builtin:NAME` (the entry points
+    resolve those once when they load the config; the library does not build lab models)."""
     if isinstance(name, str) and name.startswith("builtin:"):
-        from posttrain.builtin import resolve_model
-
-        return resolve_model(name.split(":", 1)[1])
+        raise ModelLoadError(f"'{name}' is a lab name: the posttrain CLI resolves it when it loads the config; "
+                             "from Python call posttrain.lab.builtin.resolve_config(cfg) (or resolve(name)) first")
     return name
 
 

@@ -51,6 +51,9 @@ def expand_spec(spec: str | os.PathLike | Sequence) -> list[tuple[str, str]]:
             raise DataError("empty list of data sources")
         return [item for s in spec for item in expand_spec(s)]
     spec = os.path.expanduser(os.fspath(spec))
+    if spec.startswith("builtin:"):
+        raise DataError(f"'{spec}' is a lab name: the posttrain CLI resolves it when it loads the config; from "
+                        "Python call posttrain.lab.builtin.resolve_config(cfg) (or resolve(spec)) first")
     if not _looks_like_path(spec):
         return [("hub", spec)]
     if os.path.isdir(spec):

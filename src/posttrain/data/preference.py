@@ -201,13 +201,11 @@ def response_collate(responses: Sequence[Response], pad_id: int) -> tuple[torch.
 
 def load_preference_examples(spec, tokenizer, *, max_length: int, drop_truncated: bool = False,
                              max_rows: int | None = None) -> tuple[list[PreferenceExample], PreferenceStats]:
-    """Load (`formats.load_rows`, `builtin:NAME` resolved), validate and encode preference data; at most
+    """Load (`formats.load_rows`), validate and encode preference data; at most
     the first `max_rows` rows when given."""
-    from posttrain.builtin import resolve_data
-
     from .formats import load_rows
 
-    rows = load_rows(resolve_data(spec), split="train", kind="preference")
+    rows = load_rows(spec, split="train", kind="preference")
     if max_rows is not None and max_rows < len(rows):
         rows = rows.subset(range(max_rows))
     return build_preference_examples(rows, tokenizer, max_length=max_length, drop_truncated=drop_truncated)

@@ -145,6 +145,7 @@ def train_stage(stage: Stage, out_dir: str, mode: str, outputs: dict, threads: i
         rec.update(status="skipped", reason=f"needs {', '.join(missing)}, which did not run")
         return rec
     from posttrain.config import load_config
+    from posttrain.lab.builtin import resolve_config
 
     cls, run = algo
     path = recipe(stage)
@@ -154,7 +155,7 @@ def train_stage(stage: Stage, out_dir: str, mode: str, outputs: dict, threads: i
         if "reward_model" in dropped:
             raise KeyError(f"{cls.__name__} has no key 'reward_model' to name the reward model")
         shutil.rmtree(rec["output_dir"], ignore_errors=True)
-        cfg = load_config(cls, path, ov)
+        cfg = resolve_config(load_config(cls, path, ov))
         log(f"{stage.name}: {stage.title} — {cfg.max_steps} steps from {stage.init}"
             + (f" (recipe {os.path.relpath(path)})" if path else "")
             + (f"; its config has no key for: {', '.join(dropped)}" if dropped else ""))
@@ -172,7 +173,7 @@ def train_stage(stage: Stage, out_dir: str, mode: str, outputs: dict, threads: i
 
 def make_base(args, out_dir: str, mode: str) -> tuple[str, float]:
     """The base model folder: --base, else a briefly pretrained one (--quick), else builtin:tiny (cached)."""
-    from posttrain.builtin import resolve_model
+    from posttrain.lab.builtin import resolve_model
     from posttrain.lab.pretrain import pretrain
 
     t0 = time.perf_counter()

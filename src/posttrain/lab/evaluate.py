@@ -48,7 +48,7 @@ class EvalSizes:
 
 def rows_of(spec: str, n: int | None = None) -> list[dict]:
     """The first `n` rows of a data spec (`builtin:NAME` or a path)."""
-    from posttrain.builtin import resolve_data
+    from posttrain.lab.builtin import resolve_data
     from posttrain.data.formats import load_rows
 
     rows = list(load_rows(resolve_data(spec), split="train"))
@@ -59,9 +59,9 @@ def load_policy(path: str):
     """`(model, tokenizer)` of a causal LM folder (`save_pretrained` form, or a PEFT adapter, merged), eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from posttrain.core.models import resolve_path
+    from posttrain.lab.builtin import resolve
 
-    path = resolve_path(path)
+    path = resolve(path)
     if os.path.exists(os.path.join(path, "adapter_config.json")):
         from peft import AutoPeftModelForCausalLM
 

@@ -19,7 +19,7 @@ PRETRAIN_DEFAULTS = {
 
 
 def base_dir() -> str:
-    from posttrain.builtin import _version, cache_dir
+    from posttrain.lab.builtin import _version, cache_dir
 
     return cache_dir("models", f"tiny-{_version()}")
 
@@ -27,14 +27,14 @@ def base_dir() -> str:
 def pretrain(out_dir: str, *, overrides: list[str] = (), quiet: bool = False) -> str:
     """Pretrain from `builtin:tiny-random` on `builtin:web`; the model ends in `out_dir` (atomically)."""
     from posttrain.algorithms.sft import SFTConfig, run
-    from posttrain.builtin import resolve_data, resolve_model
+    from posttrain.lab.builtin import resolve_config, resolve_data, resolve_model
     from posttrain.config import load_config
 
     work = out_dir + ".run"
     base = [f"{k}={v}" for k, v in PRETRAIN_DEFAULTS.items()]
     base += [f"model={resolve_model('tiny-random')}", f"data.train={resolve_data('builtin:web')}",
              "data.completion_only_loss=false", "data.packing=true", f"output_dir={work}", "report_to=[]"]
-    cfg = load_config(SFTConfig, None, base + list(overrides))
+    cfg = resolve_config(load_config(SFTConfig, None, base + list(overrides)))
     if not quiet:
         print(f"[posttrain] pretraining the lab base model ({cfg.max_steps} steps) -> {out_dir}", file=sys.stderr)
     run(cfg)

@@ -1,6 +1,6 @@
 """An LLM judge as a reward function (RLAIF): any Hugging Face causal LM asked a Yes/No question.
 
-    judge = Judge.from_pretrained("builtin:tiny", template=DEFAULT_TEMPLATE)
+    judge = Judge.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct", template=DEFAULT_TEMPLATE)
     judge(prompts, completions, code=[...])        # -> list[float | None], each in [0, 1]
 
 How a pair is scored (one forward pass, no generation):
@@ -92,7 +92,8 @@ class Judge:
     @classmethod
     def from_pretrained(cls, path: str, *, gguf_file: str | None = None, device=None, dtype=torch.float32,
                         trust_remote_code: bool = False, **kw) -> "Judge":
-        """Load a causal LM by hub name, folder or `builtin:NAME`; `kw` as `Judge(...)`."""
+        """Load a causal LM by hub name or folder (a lab `builtin:NAME` is resolved by the caller,
+        `posttrain.lab.builtin.resolve`); `kw` as `Judge(...)`."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from posttrain.core.models import resolve_path

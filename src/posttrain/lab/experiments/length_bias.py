@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 
-from posttrain.builtin import resolve_data
+from posttrain.lab.builtin import resolve_data
 from posttrain.lab.experiments.common import (
     REVIEW_PPO, Context, change, compare, evaluate, fmt, fmt_change, md_table, pyplot, rater_preferences,
     read_jsonl, review_ppo, reward_model, save_figure, sft_model, train)

@@ -32,7 +32,7 @@ LEAST = "least_favourite"
 
 def facts(quick: bool) -> dict:
     """The built-in world's facts by split (`lab.facts.facts_splits`); with --quick a few people each."""
-    from posttrain.builtin import DATA_SEED
+    from posttrain.lab.builtin import DATA_SEED
     from posttrain.lab.facts import facts_splits
     from posttrain.lab.world import WorldSizes
 

@@ -14,7 +14,7 @@ page, "RLHF corrects [SFT's sycophancy] toward honest assessment".
 """
 from __future__ import annotations
 
-from posttrain.builtin import resolve_data
+from posttrain.lab.builtin import resolve_data
 from posttrain.lab.experiments.common import (
     REVIEW_PPO, Context, compare, evaluate, fmt_change, load_rm, md_table, metric_se, pyplot, rater_preferences,
     read_jsonl, review_ppo, reward_model, save_figure, sft_model)
