@@ -18,7 +18,7 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def test_quick_demo_runs_every_present_stage_and_reports_it(tiny_model_dir, tmp_path, cache, capsys):
+def test_quick_demo_runs_every_stage_and_reports_it(tiny_model_dir, tmp_path, cache, capsys):
     out = tmp_path / "demo"
     rc = demo.main(["--quick", "--base", tiny_model_dir, "--out", str(out)])
     assert rc == 0
@@ -27,11 +27,10 @@ def test_quick_demo_runs_every_present_stage_and_reports_it(tiny_model_dir, tmp_
     assert list(by_name) == ["base"] + [s.name for s in demo.STAGES]
     for stage in demo.STAGES:
         rec = by_name[stage.name]
-        present = demo.algorithm(stage) is not None
-        assert rec["status"] == ("ran" if present else "absent"), rec
-        if present:
-            assert (out / stage.name / "final" / "config.json").exists()
-            assert (out / stage.name / "metrics.jsonl").exists()
+        assert rec["status"] == "ran", rec
+        assert rec["recipe"] == demo.recipe(stage)
+        assert (out / stage.name / "final" / "config.json").exists()
+        assert (out / stage.name / "metrics.jsonl").exists()
     policies = [s for s in results["stages"] if s["status"] == "ran" and s["name"] != "rm"]
     assert {"base", "sft"} <= {s["name"] for s in policies}
     for rec in policies:
@@ -54,14 +53,24 @@ def test_quick_demo_runs_every_present_stage_and_reports_it(tiny_model_dir, tmp_
     assert str(out / "report.md") in printed and str(out / "report.html") in printed
 
 
-def test_absent_module_is_reported_absent_and_dependants_skipped(tmp_path):
+def test_missing_module_is_a_failure_and_dependants_skipped(tmp_path):
     ghost = demo.Stage("ghost", "not written yet", "posttrain.algorithms.no_such_algorithm", "sft")
     rec = demo.train_stage(ghost, str(tmp_path), "quick", {"base": "unused"}, threads=1)
-    assert rec["status"] == "absent" and "not installed" in rec["reason"]
+    assert rec["status"] == "failed" and "no_such_algorithm" in rec["reason"]
     orphan = demo.Stage("orphan", "needs a reward model", "posttrain.algorithms.sft", "sft", needs=("rm",))
     rec = demo.train_stage(orphan, str(tmp_path), "quick", {"base": "unused", "sft": "unused"}, threads=1)
     assert rec["status"] == "skipped" and "rm" in rec["reason"]
     assert not (tmp_path / "orphan").exists()
+
+
+def test_a_missing_recipe_stops_the_demo_before_training(tmp_path, monkeypatch, capsys):
+    from posttrain.cli import main
+
+    lost = demo.Stage("sft", "SFT", "posttrain.algorithms.sft", "base", recipe="no-such")
+    monkeypatch.setattr(demo, "STAGES", (lost,))
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 2
+    assert "error: no packaged recipe 'no-such-tiny'" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
 
 
 def test_overrides_keep_only_keys_the_config_has():
