@@ -28,6 +28,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 
 from posttrain.lab.evaluate import EvalSizes
+from posttrain.report.claims import fmt
 
 
 
@@ -199,7 +200,8 @@ def evaluate_all(records: list[dict], outputs: dict, sizes: EvalSizes) -> dict |
         rm_stats = reward_model_accuracy(rm_fn, rows_of("builtin:pref_eval", sizes.pref_pairs))
         rec = next(r for r in records if r["name"] == "rm")
         rec["eval_s"] = time.perf_counter() - t0
-        log(f"rm: held-out honest-vs-sycophantic accuracy {rm_stats['rm/honest_vs_sycophantic']}")
+        log(f"rm: held-out honest-vs-sycophantic accuracy {fmt(rm_stats['rm/honest_vs_sycophantic'])} "
+            f"({rm_stats['rm/n_honest_vs_sycophantic']} pairs)")
     for rec in records:
         if rec["status"] != "ran" or rec["name"] == "rm":
             continue
@@ -212,8 +214,9 @@ def evaluate_all(records: list[dict], outputs: dict, sizes: EvalSizes) -> dict |
         rec["samples"] = samples
         rec["eval_s"] = time.perf_counter() - t0
         m = rec["metrics"]
-        log(f"{rec['name']}: gold arith acc {m['arith/accuracy']:.3f}, honest {m['review/honest_rate']:.3f}, "
-            f"sycophancy {m['review/sycophancy_rate']}, KL {m.get('kl_to_base', 0.0):.2f} "
+        log(f"{rec['name']}: gold arith acc {fmt(m['arith/accuracy'])}, review gold {fmt(m['review/gold_reward'])}, "
+            f"honest {fmt(m['review/honest_rate'])}, "
+            f"sycophancy {fmt(m['review/sycophancy_rate'])}, KL {m.get('kl_to_base', 0.0):.2f} "
             f"({rec['eval_s']:.1f} s)")
     return rm_stats
 
