@@ -12,7 +12,6 @@ from posttrain.config import ConfigError, load_config, recipe_names, recipe_path
 import posttrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAINER_OF = {"rlaif": "ppo"}  # recipe name prefix -> trainer, where they differ
 
 
 def test_recipes_live_in_the_package_and_each_loads_strictly():
@@ -21,10 +20,17 @@ def test_recipes_live_in_the_package_and_each_loads_strictly():
     names = recipe_names()
     assert {"sft-tiny", "rm-tiny", "dpo-tiny", "ppo-tiny", "grpo-tiny"} <= set(names)
     _register_optional()
-    for name in names:
-        prefix = name.split("-", 1)[0]
-        cls, _ = TRAINERS[TRAINER_OF.get(prefix, prefix)]()
-        load_config(cls, name)  # a bare name is the packaged recipe; unknown keys would raise
+    configs = [TRAINERS[t]()[0] for t in TRAINERS]
+    for name in names:  # each recipe is some trainer's config, strictly (an unknown key raises ConfigError)
+        errors = []
+        for cls in configs:
+            try:
+                load_config(cls, name)  # a bare name is the packaged recipe
+                break
+            except ConfigError as e:
+                errors.append(str(e))
+        else:
+            raise AssertionError(f"recipe {name} loads with no trainer's config: {errors}")
 
 
 def test_config_by_name_path_and_the_errors(tmp_path):

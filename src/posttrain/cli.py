@@ -17,7 +17,7 @@ def _sft():
 
 # name -> () -> (config dataclass, run function). Each algorithm adds one line here.
 TRAINERS = {"sft": _sft}
-EXTRA_TRAINERS = ("rm", "dpo", "grpo", "ppo")
+EXTRA_TRAINERS = ("rm", "dpo", "grpo", "ppo", "kto", "orpo")
 
 
 def _register_optional() -> None:
@@ -85,7 +85,9 @@ def run_trainer(name: str, argv: list[str]) -> int:
     last = run(cfg)
     if _is_main_process():
         out = os.path.abspath(cfg.output_dir)
-        print(f"done: loss {last.get('loss', float('nan')):.4f}\n  metrics   {out}/metrics.jsonl\n"
+        skipped = int(last.get("skipped_steps", 0))
+        print(f"done: loss {last.get('loss', float('nan')):.4f}, {skipped} of {cfg.max_steps} steps skipped (non-finite)"
+              f"\n  metrics   {out}/metrics.jsonl\n"
               f"  plot      {out}/loss.png\n  model     {out}/final\n  checkpoints {out}/checkpoints")
     return 0
 

@@ -78,6 +78,10 @@ class TrainConfig(ModelArgs):
     save_steps: int = opt(0, "checkpoint every N steps (0 = only at the end)")
     save_total_limit: int = opt(2, "keep the newest N checkpoints")
     max_consecutive_skips: int = opt(5, "abort after this many consecutive non-finite steps")
+    max_skipped_fraction: float = opt(0.1, "refuse the final save when more than this share of all steps were "
+                                            "skipped as non-finite (1 = never)")
+    max_weight_growth: float = opt(100.0, "refuse the final save when the largest weight grew more than this many "
+                                          "times (diverged); 0 = off")
     report_to: Any = opt(["tensorboard"], "loggers besides metrics.jsonl: tensorboard, wandb, trackio")
     resume: bool = opt(True, "resume from the newest complete checkpoint in output_dir")
     threads: int = opt(0, "torch CPU threads; 0 = torch's default")

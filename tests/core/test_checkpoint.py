@@ -36,11 +36,21 @@ def test_partial_checkpoint_skipped_and_damaged_file_named(tiny_model_dir, tmp_p
     with open(opt, "r+b") as f:
         f.truncate(os.path.getsize(opt) // 2)
     eng = Engine(cfg, SFT(cfg))
-    with pytest.raises(CheckpointError, match="optimizer.pt"):
+    msgs = []
+    eng.say = msgs.append
+    eng._resume()  # the only complete checkpoint is damaged: named, moved aside, training starts over
+    assert eng.step == 0 and os.path.isdir(root / "step-00000002.corrupt")
+    assert any("step-00000002 is corrupt: optimizer.pt has" in m for m in msgs), msgs
+
+
+def test_checkpoint_of_another_model_is_an_error_not_a_fallback(tiny_model_dir, tmp_path):
+    cfg = _cfg(tiny_model_dir, tmp_path, max_steps=2, save_steps=0)
+    Engine(cfg, SFT(cfg)).train()
+    eng = Engine(cfg, SFT(cfg))
+    eng.model.lm_head = torch.nn.Linear(eng.model.lm_head.in_features, 7, bias=False)
+    with pytest.raises(CheckpointError, match="does not match the model"):
         eng._resume()
-    os.remove(opt)
-    with pytest.raises(CheckpointError, match="missing.*optimizer.pt"):
-        eng._resume()
+    assert os.path.isdir(tmp_path / "out" / "checkpoints" / "step-00000002")
 
 
 def _cmd(model_dir, data, out, steps):

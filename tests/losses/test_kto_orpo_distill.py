@@ -32,10 +32,10 @@ def test_orpo_hand_values():
     # log odds(c) = -1 - log(1 - e^-1) = -1 + 0.458675 = -0.541325
     # log odds(r) = -2 - log(1 - e^-2) = -2 + 0.145413 = -1.854587
     # difference 1.313262 -> -log sigmoid = log(1 + e^-1.313262) = log(1.268946) = 0.238183
-    # NLL = (0.5 + 1.5) / 2 tokens = 1.0;  lambda 0.5 -> 1.0 + 0.5 * 0.238183 = 1.119092
+    # NLL = -a_c = (0.5 + 1.5) / 2 tokens = 1.0;  lambda 0.5 -> 1.0 + 0.5 * 0.238183 = 1.119092
     c, cm = torch.tensor([[-0.5, -1.5]]), torch.tensor([[1.0, 1.0]])
     r, rm = torch.tensor([[-2.0, 0.0]]), torch.tensor([[1.0, 0.0]])
-    loss, m = orpo_loss(c, cm, r, rm, lam=0.5, num_pairs=1.0, num_chosen_tokens=2.0)
+    loss, m = orpo_loss(c, cm, r, rm, lam=0.5, num_items=1.0)
     assert loss.item() == pytest.approx(1.119092, abs=1e-5)
     assert m["log_odds_ratio"].item() == pytest.approx(1.313262, abs=1e-5)
     assert log1mexp(torch.tensor([-1e-7, -30.0])).tolist() == pytest.approx([math.log(1e-7), -math.exp(-30)], rel=1e-4)

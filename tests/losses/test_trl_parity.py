@@ -243,7 +243,7 @@ def test_orpo_odds_ratio_term_matches_trl():
     c = (-torch.rand(4, 5, generator=g) * 2).requires_grad_(True)
     r = -torch.rand(4, 5, generator=g) * 2
     mask = torch.ones(4, 5)
-    loss, m = orpo_loss(c, mask, r, mask, lam=0.2, num_pairs=4.0, num_chosen_tokens=20.0)
+    loss, m = orpo_loss(c, mask, r, mask, lam=0.2, num_items=4.0)  # equal lengths: NLLs agree
     ours = loss - m["nll"]  # the odds-ratio part; the NLL is checked by its hand test
     leaf = c.detach().clone().requires_grad_(True)
     fake = _fake(beta=0.2)

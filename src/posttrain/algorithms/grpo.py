@@ -16,6 +16,14 @@ one of `losses.policy.AGGREGATIONS`, chosen once:
 All of them divide by the step's GLOBAL counts (`Normaliser` on each micro-batch, summed over every
 micro-batch and process when the round is built), so the engine's own `num_items` is not used.
 
+The 2025 options (`grpo_variants`, maths in `losses/`): `importance_sampling_level: sequence` (GSPO),
+`loss_type: cispo | sapo`, `advantage: reinforce_pp | reinforce_pp_baseline` (KL in the reward instead
+of the loss), `dynamic_sampling` (DAPO: regenerate until the round holds enough groups with reward
+spread, at most `dynamic_sampling_max_tries` generations, then stop with a message), `overlong_cache`
+(DAPO's soft overlong penalty), `mask_truncated_completions`, `rollout_is_mode` (truncated or masked
+importance sampling against the sampler's log-probs, with the mismatch logged as `is/...`),
+`top_entropy_quantile` and `entropy_coef`.
+
 Importance ratios: the first pass over a round uses the trainer's own log-probs (detached) as the old
 policy, so its ratio is exactly 1, and keeps them for the later passes: the ratio is always against
 the policy that sampled, at the sampling temperature, and never against the sampler's numerics (the
@@ -38,15 +46,15 @@ from typing import Any
 
 import torch
 
+from posttrain.algorithms import grpo_variants as vx
 from posttrain.algorithms import rollout_buffer as rb
 from posttrain.config import TrainConfig, opt
 from posttrain.core.algorithm import Algorithm, StepSampler
 from posttrain.core.logprobs import token_logps
 from posttrain.losses.advantages import group_advantages, leave_one_out
-from posttrain.losses.policy import AGGREGATIONS, kl_k3, ppo_clip_loss
-from posttrain.losses.reduce import masked_mean
 
-ESTIMATORS = {"group": group_advantages, "rloo": leave_one_out}
+ESTIMATORS = {"group": group_advantages, "rloo": leave_one_out, "reinforce_pp": group_advantages,
+              "reinforce_pp_baseline": functools.partial(group_advantages, scale_std=False)}
 
 
 @dataclass
@@ -68,10 +76,31 @@ class GRPOConfig(TrainConfig):
     epsilon_low: float = opt(0.2, "clip range below: ratio >= 1 - epsilon_low")
     epsilon_high: float = opt(0.2, "clip range above: ratio <= 1 + epsilon_high (DAPO clip-higher: 0.28)")
     beta: float = opt(0.0, "weight of the k3 KL to the initial model; 0 = no KL and no reference model loaded")
-    loss_type: str = opt("dapo", "token-loss aggregation: grpo, dr_grpo, dapo or bnpo")
-    advantage: str = opt("group", "baseline: group (GRPO, mean of the group) or rloo (leave-one-out)")
+    loss_type: str = opt("dapo", "grpo, dr_grpo, dapo, bnpo (PPO clip, by aggregation); cispo (capped IS weight, "
+                                 "every token keeps its gradient; token mean); sapo (soft gate; sequence mean)")
+    importance_sampling_level: str = opt("token", "ratio per token, or sequence (GSPO: the length-normalised "
+                                                  "sequence ratio, one clip per completion; use loss_type grpo)")
+    cispo_max_weight: float = opt(5.0, "cispo: cap of the importance weight (ScaleRL's eps_max)")
+    sapo_tau_pos: float = opt(1.0, "sapo: gate temperature where the advantage is > 0")
+    sapo_tau_neg: float = opt(1.05, "sapo: gate temperature where the advantage is <= 0")
+    advantage: str = opt("group", "group (GRPO), rloo (leave-one-out), reinforce_pp (raw reward, KL in the reward, "
+                                  "global normalisation), reinforce_pp_baseline (group mean subtracted first)")
     scale_rewards: bool = opt(True, "divide group advantages by the group's std (group only; Dr. GRPO: false)")
     filter_zero_std_groups: bool = opt(False, "drop groups whose rewards are all equal from the step")
+    dynamic_sampling: bool = opt(False, "DAPO: generate more groups until the round holds enough with differing "
+                                        "rewards (zero-spread groups dropped)")
+    dynamic_sampling_max_tries: int = opt(4, "generations per round at most; then the run stops with a message")
+    overlong_cache: int = opt(0, "DAPO soft overlong penalty: 0 to -1 added to the reward over the last N tokens "
+                                 "before max_new_tokens; 0 = off")
+    mask_truncated_completions: bool = opt(False, "completions cut at max_new_tokens carry no loss (they still "
+                                                  "count in their group's advantages)")
+    rollout_is_mode: str = opt("none", "rollout importance-sampling correction against the sampler's log-probs: "
+                                       "none, token_truncate, token_mask, sequence_truncate, sequence_mask")
+    rollout_is_min: Any = opt(None, "lower bound of the IS ratio (null = none)")
+    rollout_is_max: Any = opt(3.0, "upper bound of the IS ratio (null = none)")
+    top_entropy_quantile: float = opt(1.0, "train only on this top share of tokens by entropy (0.2 in 'Beyond the "
+                                           "80/20 rule'); 1.0 = all")
+    entropy_coef: float = opt(0.0, "entropy bonus: minus coef times the mean token entropy is added to the loss")
     rollout_backend: str = opt("hf", "generation backend: hf (transformers) or vllm")
     generation_batch_size: int = opt(64, "sequences decoded together (hf backend)")
     eval_temperature: float = opt(0.0, "evaluation sampling temperature on data.eval (0 = greedy)")
@@ -85,8 +114,7 @@ CONFIG = GRPOConfig
 def check_config(c: GRPOConfig) -> None:
     """Raise ValueError naming the first bad GRPO setting."""
     rows = c.batch_size * c.grad_accum
-    checks = [
-        (c.loss_type in AGGREGATIONS, f"loss_type: expected one of {sorted(AGGREGATIONS)}, found '{c.loss_type}'"),
+    checks = vx.config_checks(c) + [
         (c.advantage in ESTIMATORS, f"advantage: expected one of {sorted(ESTIMATORS)}, found '{c.advantage}'"),
         (c.num_generations >= 2, f"num_generations must be >= 2 (a group compares samples), got {c.num_generations}"),
         (rows % c.num_generations == 0, f"batch_size * grad_accum ({rows}) must be a multiple of num_generations "
@@ -114,7 +142,7 @@ class GRPO(Algorithm):
         """`reward`: a `rewards.CombinedReward` to use instead of building one from `cfg.rewards` (tests)."""
         check_config(cfg)
         self.cfg = cfg
-        self.aggregate = AGGREGATIONS[cfg.loss_type]
+        self.policy_loss = vx.PolicyLoss(cfg)
         est = ESTIMATORS[cfg.advantage]
         self.estimator = functools.partial(est, scale_std=cfg.scale_rewards) if cfg.advantage == "group" else est
         self.reward = reward
@@ -145,11 +173,11 @@ class GRPO(Algorithm):
         per_process = c.batch_size * c.grad_accum // c.num_generations
         self.sampler = StepSampler(len(self.prompts), per_process, 1, c.seed, engine.rank, engine.world)
 
-    def sampling(self, round_index: int, temperature: float | None = None):
+    def sampling(self, round_index: int, temperature: float | None = None, attempt: int = 0):
         from posttrain.rollout import SamplingParams
 
         c, rank = self.cfg, self.engine.rank
-        seed = ((c.seed * 1_000_003 + round_index) * 1_009 + rank) % (2 ** 62)
+        seed = ((c.seed * 1_000_003 + round_index) * 1_009 + rank + 7_919 * attempt) % (2 ** 62)
         t = c.temperature if temperature is None else temperature
         return SamplingParams(max_new_tokens=c.max_new_tokens, temperature=t, top_p=c.top_p, top_k=c.top_k,
                               stop=tuple(c.stop or ()), seed=seed)
@@ -163,30 +191,55 @@ class GRPO(Algorithm):
         self._t_ready = time.perf_counter()
         return self.batches
 
+    def _sample(self, idx: list[int], round_index: int, attempt: int = 0):
+        """Generate G completions for the prompts `idx` and score them (totals shaped by the overlong
+        penalty, itself logged as the `overlong` component). Returns (rollouts, scores, per-row prompts)."""
+        from posttrain.algorithms.grpo_data import columns_for
+
+        g = self.cfg.num_generations
+        prompts = [self.prompts[i] for i in idx]
+        rollouts = self.backend.generate(prompts, g, self.sampling(round_index, attempt=attempt))
+        t1 = time.perf_counter()
+        rep = [p for p in prompts for _ in range(g)]
+        scores = self.reward.score(rep, rollouts.texts,
+                                   **columns_for([self.columns[i] for i in idx], g, rollouts.completion_ids))
+        shaped, _ = vx.add_overlong_penalty(scores.total, rollouts, self.cfg)
+        if shaped is not scores.total:
+            scores.components["overlong"] = [s - t if t is not None else None for s, t in zip(shaped, scores.total)]
+            scores.total = shaped
+        self._reward_s += time.perf_counter() - t1
+        return rollouts, scores, rep
+
     def collect(self, round_index: int) -> None:
         """Generate, score and batch round `round_index`; sets `batches` and `round_metrics`."""
-        from posttrain.algorithms.grpo_data import columns_for, summarise, write_samples
+        from posttrain.algorithms.grpo_data import summarise, write_samples
 
         c, eng, g = self.cfg, self.engine, self.cfg.num_generations
         idx = self.sampler.micro_indices(round_index)[0]
-        prompts = [self.prompts[i] for i in idx]
-        t0 = time.perf_counter()
+        t0, self._reward_s = time.perf_counter(), 0.0
         self.backend.sync_weights(eng.model)  # no-op for hf (it samples from the policy itself)
-        rollouts = self.backend.generate(prompts, g, self.sampling(round_index))
-        t1 = time.perf_counter()
-        rep = [p for p in prompts for _ in range(g)]
-        columns = columns_for([self.columns[i] for i in idx], g, rollouts.completion_ids)
-        scores = self.reward.score(rep, rollouts.texts, **columns)
-        t2 = time.perf_counter()
+        if c.dynamic_sampling:
+            draw = functools.partial(vx.extra_prompts, len(self.prompts), len(idx), c.seed, round_index, rank=eng.rank)
+            rollouts, scores, rep, tries, zero, seen = vx.dynamic_round(
+                lambda i, a: self._sample(i, round_index, a), idx, lambda a: draw(a), g,
+                c.dynamic_sampling_max_tries, self.estimator)
+        else:
+            (rollouts, scores, rep), tries, zero, seen = self._sample(idx, round_index), 1, None, None
         adv, scored, zero_std = rb.grouped_advantages(scores.total, g, self.estimator)
+        if c.advantage == "reinforce_pp":
+            adv = vx.raw_rewards(scores.total)
         keep = rb.kept_rows(scored, zero_std, g, c.filter_zero_std_groups)
         self.batches = self._batches(rollouts, adv, keep)
-        m = summarise(scores, rollouts, self.reward.names,
+        names = self.reward.names + (["overlong"] if "overlong" in scores.components else [])
+        zero, seen = (float(zero_std.sum()), float(len(zero_std))) if zero is None else (zero, seen)
+        m = summarise(scores, rollouts, names,
                       {"_tokens": sum(float(b.mask.sum()) for b in self.batches), "rows_trained": float(len(keep)),
-                       "_zero": float(zero_std.sum()), "_groups": float(len(zero_std))})
+                       "_zero": float(zero), "_groups": float(seen), "_tries": float(tries)})
         m["frac_zero_std_groups"] = m.pop("_zero") / max(m.pop("_groups"), 1.0)
+        m["generations_per_round"] = m.pop("_tries") / eng.world
         rb.with_norm(self.batches, m.pop("_tokens"), m["rows_trained"], c.max_new_tokens)
-        self.round, self.round_metrics = round_index, {**m, "reward_s": t2 - t1, "gen_s": t1 - t0}
+        gen_s = time.perf_counter() - t0 - self._reward_s
+        self.round, self.round_metrics = round_index, {**m, "reward_s": self._reward_s, "gen_s": gen_s}
         first, last = round_index * c.num_iterations + 1, (round_index + 1) * c.num_iterations
         due = [s for s in range(first, last + 1) if c.sample_steps > 0 and (s % c.sample_steps == 0 or s == 1)]
         if due and eng.is_main:
@@ -194,17 +247,23 @@ class GRPO(Algorithm):
                           scores, adv)
 
     def _batches(self, rollouts, advantages, keep: list[int]) -> list[rb.GRPOBatch]:
-        """The kept rows in `grad_accum` micro-batches, with reference log-probs when beta > 0."""
-        pad, device = self.engine.tokenizer.pad_token_id, self.engine.device
+        """The kept rows in `grad_accum` micro-batches, with reference log-probs when beta > 0; truncated
+        rows masked out and REINFORCE++ token advantages when configured."""
+        c, pad, device = self.cfg, self.engine.tokenizer.pad_token_id, self.engine.device
+        parts = rb.split_even(keep, c.grad_accum)
         batches = [rb.collate_rows([rollouts.prompt_ids[i] for i in part], [rollouts.completion_ids[i] for i in part],
                                    [rollouts.completion_logps[i] for i in part], advantages[part], pad, device)
-                   for part in rb.split_even(keep, self.cfg.grad_accum)]
+                   for part in parts]
+        if c.mask_truncated_completions:
+            vx.mask_truncated(batches, parts, rollouts.truncated)
         if self.ref is not None:
             with torch.no_grad(), self.ref.model() as ref:
                 for b in batches:
-                    lp = token_logps(ref, b.input_ids, b.attention_mask, chunk_size=self.cfg.logits_chunk,
-                                     temperature=self.cfg.temperature)
+                    lp = token_logps(ref, b.input_ids, b.attention_mask, chunk_size=c.logits_chunk,
+                                     temperature=c.temperature)
                     b.ref_logps = torch.where(b.mask != 0, lp, torch.zeros_like(lp))
+        if c.advantage in vx.REINFORCE_PP:
+            vx.reinforce_pp_advantages(batches, c.beta)
         return batches
 
     # ----------------------------------------------------------------- loss
@@ -216,20 +275,9 @@ class GRPO(Algorithm):
         c = self.cfg
         logps, entropy = token_logps(model, batch.input_ids, batch.attention_mask, chunk_size=c.logits_chunk,
                                      temperature=c.temperature, with_entropy=True)
-        metrics = {}
-        if batch.fresh:  # first pass: the old policy is this very policy (ratio 1 exactly)
-            metrics["logp_mismatch"] = masked_mean((logps.detach() - batch.old_logps).abs(), batch.mask)
-            batch.old_logps, batch.fresh = logps.detach(), False
-        token_loss, pm = ppo_clip_loss(logps, batch.old_logps, batch.advantages, batch.mask,
-                                       eps_low=c.epsilon_low, eps_high=c.epsilon_high)
-        if batch.ref_logps is not None:
-            kl = kl_k3(torch.where(batch.mask != 0, logps, torch.zeros_like(logps)), batch.ref_logps)
-            token_loss = token_loss + c.beta * kl
-            metrics["kl"] = masked_mean(kl.detach(), batch.mask)
-        loss = self.aggregate(token_loss, batch.mask, batch.norm)
-        metrics.update(clip_frac=pm["clip_frac"], ratio_mean=pm["ratio_mean"],
-                       entropy=masked_mean(entropy.detach(), batch.mask))
-        return loss, metrics
+        metrics = self.policy_loss.first_pass(batch, logps) if batch.fresh else {}
+        loss, pm = self.policy_loss(batch, logps, entropy)
+        return loss, {**metrics, **pm}
 
     def on_step_end(self, step: int, metrics: dict[str, float]) -> None:
         """Adds the round's metrics (rewards, lengths, zero-std groups; the same on every step of a round)

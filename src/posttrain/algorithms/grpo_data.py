@@ -48,26 +48,33 @@ def load_prompts(spec, tokenizer, template: str | None, budget: int, max_rows: i
 
     A text is `template.format(prompt=...)` when `template` is set, else the chat template with the
     generation prompt (`data.encode_prompt`; a plain-text prompt stays as it is)."""
-    from posttrain.data import Drop, encode_prompt, load_rows
+    from posttrain.data import DataError, Drop, encode_prompt, load_rows
+    from posttrain.data.chat import BadRow
+    from posttrain.data.errors import Problem, files_of
 
     rows = load_rows(spec, kind="prompt")
     if max_rows is not None:
-        rows = rows[:max_rows]
-    texts = []
-    for row in rows:
+        rows = rows.subset(range(min(max_rows, len(rows))))
+    texts, problems = [], []
+    for row, src in zip(rows, rows.sources):
         if template:
             texts.append(template.format(prompt=_user_text(row["prompt"])))
             continue
         try:
             texts.append(encode_prompt(row, tokenizer))
+        except BadRow as e:
+            problems.append(Problem(src, e.field, e.expected, e.found))
         except Drop:
-            raise ValueError("the prompts are messages but the tokenizer has no chat template; set prompt_template "
-                             "(e.g. 'Question: {prompt}\\nAnswer:')") from None
+            raise DataError("the prompts are messages but the tokenizer has no chat template; set prompt_template "
+                            "(e.g. 'Question: {prompt}\\nAnswer:')") from None
+    if problems:
+        raise DataError(problems, header=f"{len(problems)} bad prompt row{'s' if len(problems) != 1 else ''}")
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
     keep = [i for i, n in enumerate(lengths) if 0 < n <= budget]
     columns = [{k: v for k, v in rows[i].items() if k != "prompt"} for i in keep]
     if not keep:
-        raise ValueError(f"no prompt of {spec!r} fits in {budget} tokens (max_length - max_new_tokens)")
+        raise DataError(f"{files_of(rows.sources)}: no usable prompt among {len(rows)}: dropped {len(rows)} "
+                        f"(longer than max_length - max_new_tokens = {budget} tokens, or empty)")
     return [texts[i] for i in keep], columns, len(rows) - len(keep)
 
 

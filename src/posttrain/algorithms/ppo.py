@@ -166,24 +166,34 @@ class PPO(Algorithm):
 
     def _load_prompts(self, spec, split: str) -> tuple[list[dict], list[str]]:
         """Prompt rows whose prompt leaves room for `max_new_tokens` within `max_length`, and their texts."""
-        from posttrain.data import Drop, encode_prompt, load_rows
+        from posttrain.data import DataError, Drop, encode_prompt, load_rows
+        from posttrain.data.chat import BadRow
+        from posttrain.data.errors import Problem, files_of
 
-        tok, rows, texts, dropped = self.engine.tokenizer, [], [], {}
+        tok, rows, texts, dropped, problems = self.engine.tokenizer, [], [], {}, []
         budget = self.cfg.max_length - self.cfg.max_new_tokens
-        for row in load_rows(spec, split="train", kind="prompt"):
+        loaded = load_rows(spec, split="train", kind="prompt")
+        for row, src in zip(loaded, loaded.sources):
             try:
                 text = encode_prompt(row, tok)
                 if len(tok(text, add_special_tokens=False)["input_ids"]) > budget:
                     raise Drop("prompt + max_new_tokens > max_length")
+            except BadRow as e:
+                problems.append(Problem(src, e.field, e.expected, e.found))
+                continue
             except Drop as e:
                 dropped[e.reason] = dropped.get(e.reason, 0) + 1
                 continue
             rows.append(row)
             texts.append(text)
+        if problems:
+            raise DataError(problems, header=f"{len(problems)} bad prompt row{'s' if len(problems) != 1 else ''}")
         self.engine.say(f"{split} prompts: kept {len(rows)}, dropped {sum(dropped.values())} {dropped or ''}".rstrip())
         if not rows:
-            raise ValueError(f"no usable {split} prompts in {spec} (max_length {self.cfg.max_length}, "
-                             f"max_new_tokens {self.cfg.max_new_tokens})")
+            reasons = ", ".join(f"{r}: {n}" for r, n in sorted(dropped.items()))
+            raise DataError(f"{files_of(loaded.sources)}: no usable {split} prompt among {len(loaded)}: dropped "
+                            f"{len(loaded)} ({reasons}; max_length {self.cfg.max_length}, max_new_tokens "
+                            f"{self.cfg.max_new_tokens})")
         return rows, texts
 
     # ------------------------------------------------------------------ rollouts

@@ -36,10 +36,12 @@ class GRPOBatch(RolloutBatch):
     `old_logps` [B, T] first holds the sampler's log-probs; on the first optimisation pass the loss
     replaces them by the trainer's own (detached) log-probs, so the first pass has ratio exactly 1 and
     later passes (`num_iterations > 1`) take ratios against the policy that sampled. `fresh` is True
-    until that happened. `norm` holds the global counts of the step (all micro-batches, all processes).
+    until that happened (and `is_weights` holds the rollout IS correction then computed, when configured).
+    `norm` holds the global counts of the step (all micro-batches, all processes).
     """
     norm: Normaliser | None = None
     fresh: bool = True
+    is_weights: Tensor | None = None  # [B, T] rollout importance-sampling weights, set on the first pass
 
 
 def grouped_advantages(rewards: list[float | None], group_size: int, estimator: Estimator

@@ -48,8 +48,10 @@ class SFT(Algorithm):
                 engine.say("packing: attention runs per packed row (sdpa_varlen), no cross-row attention")
         self.examples, stats = self._build(self.cfg.data.train, "train")
         if self.cfg.loss == "unlikelihood" and not any(e.negative for e in self.examples):
-            raise ValueError("loss=unlikelihood needs negative completions: rows with a `rejected` column or "
-                             "`label: false`; the training data has none")
+            from posttrain.data.errors import DataError
+
+            raise DataError(f"{self.cfg.data.train}: loss=unlikelihood needs negative completions: rows with a "
+                            "`rejected` column or `label: false`; the training data has none")
         engine.say(f"train rows: kept {stats.kept}, truncated {stats.truncated}, "
                    f"dropped {sum(stats.dropped.values())} {dict(stats.dropped) or ''}".rstrip())
         self.examples = self._positives_only(self.examples, "train")

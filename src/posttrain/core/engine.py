@@ -22,6 +22,8 @@ import torch.distributed as dist
 
 from posttrain.config import plain, to_yaml
 from posttrain.core import checkpoint as ckpt
+from posttrain.core import checkpoint_integrity as integrity
+from posttrain.core.divergence import abs_max, divergence_problems
 from posttrain.core.metrics_log import MetricsLogger, read_metrics
 from posttrain.core.models import save_final
 
@@ -76,6 +78,7 @@ class Engine:
         self.device = self.accelerator.device
         self.ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
         self.step, self.skipped, self.consecutive_skips = 0, 0, 0
+        self.last_loss, self.init_abs_max = None, None
         if not algorithm.dropout:
             from posttrain.core.models import disable_dropout
 
@@ -119,18 +122,33 @@ class Engine:
 
     # ----------------------------------------------------------------- resume / save
     def _resume(self) -> None:
-        if not self.cfg.resume:
+        if self.is_main:
+            for p in integrity.clean_temp_folders(self.cfg.output_dir, self.ckpt_root):
+                self.say(f"removed {p}, a temp folder left by an interrupted run")
+        if self.cfg.resume:
+            found = ckpt.resume_latest(self.ckpt_root, model=self.model, optimizer=self.optimizer,
+                                       scheduler=self.scheduler, rank=self.rank, world=self.world,
+                                       is_main=self.is_main, barrier=self.barrier, log=self.say)
+            if found is not None:
+                meta, algo_state = found
+                self.step, self.skipped = meta["step"], meta.get("skipped", 0)
+                self.consecutive_skips = meta.get("consecutive_skips", 0)
+                self.init_abs_max = meta.get("init_abs_max")
+                if self.scaler is not None and meta.get("grad_scaler"):
+                    self.scaler.load_state_dict(meta["grad_scaler"])
+                self.algo.load_state_dict(algo_state)
+        if self.init_abs_max is None:
+            self.init_abs_max = abs_max(self.params)
+        self._warn_if_short_of_space()
+
+    def _warn_if_short_of_space(self) -> None:
+        """Before the first save: warn when the free space cannot hold two checkpoints."""
+        if not self.is_main:
             return
-        path = ckpt.latest_complete(self.ckpt_root, log=self.say)
-        if path is None:
-            return
-        meta, algo_state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer,
-                                                scheduler=self.scheduler, rank=self.rank)
-        self.step, self.skipped = meta["step"], meta.get("skipped", 0)
-        self.consecutive_skips = meta.get("consecutive_skips", 0)
-        if self.scaler is not None and meta.get("grad_scaler"):
-            self.scaler.load_state_dict(meta["grad_scaler"])
-        self.algo.load_state_dict(algo_state)
+        need, free = integrity.estimate_bytes(self.model, self.optimizer), integrity.free_bytes(self.ckpt_root)
+        if free < 2 * need:
+            self.say(f"warning: the {integrity.mb(free)} free where checkpoints go ({self.ckpt_root}) cannot hold two "
+                     f"checkpoints of ~{integrity.mb(need)} each; free some space or point output_dir elsewhere")
 
     def save_checkpoint(self) -> str:
         return ckpt.save_checkpoint(
@@ -138,6 +156,7 @@ class Engine:
             algo_state=self.algo.state_dict(), config_yaml=to_yaml(self.cfg), is_main=self.is_main,
             rank=self.rank, barrier=self.barrier, keep=self.cfg.save_total_limit,
             trainer_state={"skipped": self.skipped, "consecutive_skips": self.consecutive_skips,
+                           "init_abs_max": self.init_abs_max,
                            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None})
 
     # ----------------------------------------------------------------- one step
@@ -182,6 +201,7 @@ class Engine:
         clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
         finite = math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)
+        self.last_loss = metrics["loss"]
         # fp16: a finite loss whose scaled gradient overflows is the scale's fault while the scale is above 1
         overflow = not finite and scale is not None and scale > 1 and math.isfinite(metrics["loss"])
         if finite:
@@ -260,14 +280,39 @@ class Engine:
             bar.close()
             log.close()
         self._finish()
-        return last
+        return {**last, "skipped_steps": self.skipped}
+
+    def _refuse_if_diverged(self) -> None:
+        """Before the last checkpoint and the final folder: a diverged run is an error, not a result (the
+        older checkpoints are left as they are)."""
+        c = self.cfg
+        problems = divergence_problems(model=self.model, last_loss=self.last_loss, skipped=self.skipped,
+                                       steps=self.step, init_abs_max=self.init_abs_max,
+                                       max_skipped_fraction=c.max_skipped_fraction,
+                                       max_weight_growth=c.max_weight_growth)
+        if problems:
+            raise TrainingAborted(f"the run diverged, so no final model was saved: {'; '.join(problems)}. "
+                                  f"{ckpt.newest_complete_name(self.ckpt_root).capitalize()} (in {self.ckpt_root}); "
+                                  "lower learning_rate or check the data and mixed precision, and rerun")
+
+    def _save_final(self, out: str) -> None:
+        try:
+            save_final(self.model, self.tokenizer, out, merge_lora=self.cfg.lora.merge_on_save)
+        except Exception as e:
+            need = integrity.model_bytes(self.model)
+            if integrity.is_disk_full(e, self.cfg.output_dir, 2**20):
+                integrity.clean_temp_folders(self.cfg.output_dir, self.ckpt_root)
+                raise ckpt.disk_full_error("the final model", out, need, self.ckpt_root) from None
+            raise
 
     def _finish(self) -> None:
         c = self.cfg
+        self._refuse_if_diverged()
         if not any(s == self.step for s, _ in ckpt.list_checkpoints(self.ckpt_root)):
             self.save_checkpoint()
+        self.say(f"{self.skipped} of {self.step} steps were skipped as non-finite")
         if self.is_main:
-            save_final(self.model, self.tokenizer, os.path.join(c.output_dir, "final"), merge_lora=c.lora.merge_on_save)
+            self._save_final(os.path.join(c.output_dir, "final"))
             self.plot()
         self.algo.finish(self)
         self.barrier()

@@ -20,12 +20,61 @@ Rows that cannot be used raise `Drop(reason)`; a caller counts them. Reasons: "e
 "no trainable tokens after truncation". Sequences longer than `max_length` keep their prompt and lose
 the completion's tail (`Encoded.truncated`). The drop rules look at the completion in both loss modes,
 so `completion_only_loss` never changes which rows are kept.
+
+A message whose role is neither a usual one (`KNOWN_ROLES`) nor named in the tokenizer's chat template
+(e.g. "wizard": most templates would render it verbatim and train on it silently) raises `BadRow`, a row
+error naming the field and the message.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .masks import NoTemplate, encode_conversation, render
+
+
+KNOWN_ROLES = ("system", "user", "assistant", "tool", "developer", "function", "ipython")
+MESSAGE_FIELDS = ("messages", "prompt", "completion", "rejected", "chosen", "responses")
+
+
+class BadRow(ValueError):
+    """A row that cannot be trained on as written: `field`, `expected`, `found` as in a data `Problem`."""
+
+    def __init__(self, field: str | None, expected: str, found: str):
+        super().__init__(f"field '{field}': expected {expected}, found {found}")
+        self.field, self.expected, self.found = field, expected, found
+
+
+def _template_text(tokenizer) -> str:
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return " ".join(map(str, template.values())) if isinstance(template, dict) else str(template)
+
+
+def role_problem(row: dict, tokenizer) -> tuple[str, str, str] | None:
+    """(field, expected, found) for the first message whose role the chat template does not know: not one
+    of `KNOWN_ROLES` and not named (quoted) in the template's source. None when every role is fine or the
+    tokenizer has no template (such rows are dropped as 'no chat template for messages' instead)."""
+    template = _template_text(tokenizer)
+    if not template:
+        return None
+    for key in MESSAGE_FIELDS:
+        value = row.get(key)
+        lists = value if key == "responses" and isinstance(value, list) else [value]
+        for messages in lists:
+            if not isinstance(messages, list):
+                continue
+            for i, m in enumerate(messages):
+                role = m.get("role") if isinstance(m, dict) else None
+                if role is None or role in KNOWN_ROLES or f"'{role}'" in template or f'"{role}"' in template:
+                    continue
+                return (key, f"message roles {', '.join(KNOWN_ROLES[:4])} ... or one the chat template names",
+                        f"role '{role}' in message {i + 1}")
+    return None
+
+
+def check_roles(row: dict, tokenizer) -> None:
+    """Raise `BadRow` when `role_problem` finds a role the chat template does not know."""
+    if (bad := role_problem(row, tokenizer)) is not None:
+        raise BadRow(*bad)
 
 
 class Drop(Exception):
@@ -121,6 +170,7 @@ def encode_sft_row(row: dict, tokenizer, *, max_length: int, completion_only_los
     """Training sequences of one (validated) SFT row: the positive, then the `rejected` negative if any;
     a `label: false` row gives one negative. Raises `Drop(reason)` for an edge row (module docstring)."""
     negative = row.get("label") is False
+    check_roles(row, tokenizer)
     seqs = _sequences(row, tokenizer, negative)
     if row.get("rejected") is not None and len(seqs) == 2:
         seqs[1] = (seqs[1][0], _after_shared_prefix(seqs[0][0], *seqs[1][:2]), True)
@@ -144,6 +194,7 @@ def encode_prompt(row: dict, tokenizer) -> str:
     prompt = row["prompt"]
     if isinstance(prompt, str):
         return prompt
+    check_roles(row, tokenizer)
     try:
         return render(tokenizer, prompt, generation_prompt=True, tools=row.get("tools"))
     except NoTemplate:

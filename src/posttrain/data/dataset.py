@@ -5,8 +5,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .chat import Drop, Encoded, encode_sft_row
-from .errors import DataError, Problem, Source, sources_of
+from .chat import BadRow, Drop, Encoded, encode_sft_row
+from .errors import DataError, Problem, Source, files_of, sources_of
 from .validate import validate_rows
 
 
@@ -26,6 +26,8 @@ class Stats:
 
 
 def _encode_failure(src: Source, row: dict, e: Exception) -> Problem:
+    if isinstance(e, BadRow):
+        return Problem(src, e.field, e.expected, e.found)
     what = "messages" if row.get("messages") is not None else ("prompt" if row.get("prompt") is not None else "text")
     return Problem(src, what, "a row the tokenizer and chat template accept", f"{type(e).__name__}: {e}")
 
@@ -69,5 +71,5 @@ def build_sft_examples(rows: Sequence[dict], tokenizer, *, max_length: int, comp
         raise DataError(problems, header=f"{len(problems)} row{'s' if len(problems) != 1 else ''} could not be tokenised")
     examples = [e for r in per_row if not isinstance(r, str) for e in r]
     if rows and not examples:
-        raise DataError(f"no usable row among {len(rows)}: {stats.summary()}")
+        raise DataError(f"{files_of(sources)}: no usable row among {len(rows)}: {stats.summary()}")
     return examples, stats

@@ -70,6 +70,11 @@ def describe(value) -> str:
     return type(value).__name__
 
 
+def files_of(sources: Sequence[Source]) -> str:
+    """The distinct files of `sources`, in order, comma-separated (for messages about a whole data set)."""
+    return ", ".join(dict.fromkeys(s.file for s in sources)) or "<rows>"
+
+
 def sources_of(rows: Sequence[dict], source: str | Sequence[Source] | None = None) -> list[Source]:
     """Per-row sources: an explicit list, else `rows.sources` (from `load_rows`), else `source` or
     "<rows>" as the file name with 1-based record indices."""

@@ -69,13 +69,14 @@ def expand_spec(spec: str | os.PathLike | Sequence) -> list[tuple[str, str]]:
 
 
 def read_jsonl(path: str) -> tuple[list[dict], list[Source], list[Problem]]:
-    """Rows, their sources, and one `Problem` per line that is not a JSON object (blank lines skipped)."""
+    """Rows, their sources, and one `Problem` per line that is not a JSON object (blank lines skipped).
+    A UTF-8 byte-order mark at the start of the file (Windows exports) is ignored."""
     rows, sources, problems = [], [], []
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             src = Source(path, number)
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 problems.append(Problem(src, None, "UTF-8 text", f"invalid byte at column {e.start + 1}"))
                 continue
@@ -138,6 +139,8 @@ def load_rows(spec: str | os.PathLike | Sequence, *, split: str = "train", kind:
         problems += bad
     if kind is not None:
         problems += row_problems(all_rows, kind, all_sources)
+    if not all_rows and not problems:
+        raise DataError(f"{_spec_name(spec)}: no rows")
     if problems:
         raise DataError(problems, header=f"{len(problems)} bad row{'s' if len(problems) != 1 else ''} in "
                                          f"{_spec_name(spec)}" + (f" ({kind!r} data)" if kind else ""))

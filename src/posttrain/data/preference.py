@@ -28,8 +28,8 @@ import torch
 
 from posttrain.core.batch import PreferenceBatch, pad_right
 
-from .chat import Drop, encode_sft_row
-from .errors import DataError, Problem, Source, sources_of
+from .chat import BadRow, Drop, check_roles, encode_sft_row
+from .errors import DataError, Problem, Source, files_of, sources_of
 from .validate import validate_rows
 
 
@@ -120,7 +120,11 @@ def _candidates(row: dict) -> tuple[object, list, list[tuple[int, int]]]:
 def encode_preference_row(row: dict, tokenizer, *, max_length: int, drop_truncated: bool = False) -> PreferenceExample:
     """One validated preference row as a `PreferenceExample`; raises `Drop(reason)` for an edge row
     (any of its responses unusable, or truncated when `drop_truncated`)."""
+    check_roles(row, tokenizer)
     prompt, responses, pairs = _candidates(row)
+    pairs = [(i, j) for i, j in pairs if responses[i] != responses[j]]
+    if not pairs:
+        raise Drop("chosen identical to rejected")
     encoded = [encode_response(prompt, r, tokenizer, max_length=max_length, tools=row.get("tools"))
                for r in responses]
     if drop_truncated and any(e.truncated for e in encoded):
@@ -129,6 +133,8 @@ def encode_preference_row(row: dict, tokenizer, *, max_length: int, drop_truncat
 
 
 def _failure(src: Source, e: Exception) -> Problem:
+    if isinstance(e, BadRow):
+        return Problem(src, e.field, e.expected, e.found)
     return Problem(src, None, "a row the tokenizer and chat template accept", f"{type(e).__name__}: {e}")
 
 
@@ -159,7 +165,7 @@ def build_preference_examples(rows: Sequence[dict], tokenizer, *, max_length: in
     if problems:
         raise DataError(problems, header=f"{len(problems)} row{'s' if len(problems) != 1 else ''} could not be tokenised")
     if rows and not examples:
-        raise DataError(f"no usable preference row among {len(rows)}: {stats.summary()}")
+        raise DataError(f"{files_of(sources)}: no usable preference row among {len(rows)}: {stats.summary()}")
     return examples, stats
 
 

@@ -10,12 +10,16 @@ because Arrow-backed loaders fill a column missing from some rows with null):
   `chosen` + `rejected` message lists sharing at least their first message; or a ranking: `prompt` +
   `responses` (>= 2, best first; str, or message lists when the prompt is messages). Optional `margin`.
 - `prompt`: `prompt` as str or message list; any other columns (`answer`, `tests`, ...) pass through.
+- `unpaired` (KTO): `prompt` + `completion` (both str, or both message lists) + `label` (bool, required:
+  true = a desirable completion).
 
 A message is an object with a str `role` and a str `content` (content may be null on a message that
-carries `tool_calls`).
+carries `tool_calls`). In every kind, a number that is not finite (NaN, Infinity: Python's JSON reader
+accepts them) in any column is a row error naming the column.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 from .errors import DataError, Problem, Source, describe, sources_of
@@ -143,12 +147,50 @@ def check_preference(row: dict) -> Check | None:
     return None
 
 
+def _nonfinite_at(value, path: str) -> tuple[str, float] | None:
+    """(where, value) of the first non-finite float in `value` (a number, or lists/objects of them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, value
+    if isinstance(value, list):
+        items = enumerate(value)
+        fmt = "{}[{}]"
+    elif isinstance(value, dict):
+        items = value.items()
+        fmt = "{}.{}"
+    else:
+        return None
+    for k, v in items:
+        if (hit := _nonfinite_at(v, fmt.format(path, k))) is not None:
+            return hit
+    return None
+
+
+def check_finite(row: dict) -> Check | None:
+    for key, value in row.items():
+        if (hit := _nonfinite_at(value, str(key))) is not None:
+            return hit[0], "a finite number", str(hit[1])
+    return None
+
+
 def check_prompt(row: dict) -> Check | None:
     return _text_or_messages(row, "prompt")
 
 
+def check_unpaired(row: dict) -> Check | None:
+    if not present(row, "label"):
+        return "label", "true or false (unpaired rows: prompt, completion, label)", _found(row, "label")
+    if not isinstance(row["label"], bool):
+        return "label", "a bool (true = desirable completion)", describe(row["label"])
+    bad = _text_or_messages(row, "prompt")
+    if bad:
+        return bad
+    if not present(row, "completion"):
+        return "completion", "a str or messages to go with 'prompt'", _found(row, "completion")
+    return _same_type(row, "completion", not isinstance(row["prompt"], str))
+
+
 CHECKS: dict[str, Callable[[dict], Check | None]] = {
-    "sft": check_sft, "preference": check_preference, "prompt": check_prompt,
+    "sft": check_sft, "preference": check_preference, "prompt": check_prompt, "unpaired": check_unpaired,
 }
 
 
@@ -158,7 +200,7 @@ def row_problems(rows: Sequence, kind: str, sources: Sequence[Source]) -> list[P
         raise ValueError(f"unknown row kind {kind!r}; expected one of {sorted(CHECKS)}")
     check, out = CHECKS[kind], []
     for row, src in zip(rows, sources):
-        bad = check(row) if isinstance(row, dict) else (None, "a JSON object", describe(row))
+        bad = (check_finite(row) or check(row)) if isinstance(row, dict) else (None, "a JSON object", describe(row))
         if bad:
             out.append(Problem(src, *bad))
     return out

@@ -107,14 +107,33 @@ def whiten(x: Tensor, mask: Tensor, *, shift_mean: bool = True) -> Tensor:
 
 
 @torch.no_grad()
+def reinforce_pp_returns(rewards: Tensor, mask: Tensor, kl: Tensor | None = None, *, beta: float = 0.0) -> Tensor:
+    """REINFORCE++'s token returns before normalisation (Hu et al. 2025, eq. 2-3), gamma = 1:
+
+        r_it = [t = last masked token of row i] * R_i - beta * kl_it,     G_it = sum_{s >= t, m_is = 1} r_is
+
+    Shapes: `rewards` `[N]`, `mask`, `kl` `[N, T]` (kl None = no penalty) -> `[N, T]`, 0 where `mask == 0`.
+    """
+    if rewards.dim() != 1 or mask.dim() != 2 or rewards.shape[0] != mask.shape[0]:
+        raise ValueError(f"reinforce_pp: rewards [N] and mask [N, T] expected, got {tuple(rewards.shape)} "
+                         f"and {tuple(mask.shape)}")
+    on = (mask != 0).to(torch.float32)
+    # the last masked position of each row: where the count of masked positions from the right is 1
+    last = on * (on.flip(-1).cumsum(-1).flip(-1) == 1).to(torch.float32)
+    token_r = last * rewards.detach().to(torch.float32).unsqueeze(-1)
+    if kl is not None and beta:
+        token_r = token_r - beta * torch.where(on != 0, kl.detach().to(torch.float32), torch.zeros_like(on))
+    return (token_r * on).flip(-1).cumsum(-1).flip(-1) * on
+
+
+@torch.no_grad()
 def reinforce_pp(rewards: Tensor, mask: Tensor, kl: Tensor | None = None, *, beta: float = 0.0,
                  group_size: int | None = None) -> Tensor:
     """REINFORCE++ (Hu et al. 2025, "REINFORCE++: Stabilizing Critic-Free Policy Optimization with Global
     Advantage Normalization", eq. 2-4 and sec. 3.2): no critic, no group baseline, the KL penalty in the
     reward, and the advantage normalised over the WHOLE batch:
 
-        r_it = [t = last masked token of row i] * R_i - beta * kl_it      (kl: k1 = logp_old - logp_ref)
-        G_it = sum_{s >= t, m_is = 1} r_is                                 (return-to-go, gamma = 1)
+        G = reinforce_pp_returns(R, mask, kl, beta)          (kl: k1 = logp_old - logp_ref per token)
         A_it = (G_it - mean(G)) / std(G)     mean and unbiased std over every masked token of the batch
 
     REINFORCE++-baseline (`group_size` given; the paper's variant for reasoning tasks, OpenRLHF's
@@ -122,18 +141,9 @@ def reinforce_pp(rewards: Tensor, mask: Tensor, kl: Tensor | None = None, *, bet
     Shapes: `rewards` `[N]`, `mask` `[N, T]`, `kl` `[N, T]` or None (no KL) -> `[N, T]`, detached, 0 where
     `mask == 0`. Needs at least 2 masked tokens (the normalisation).
     """
-    if rewards.dim() != 1 or mask.dim() != 2 or rewards.shape[0] != mask.shape[0]:
-        raise ValueError(f"reinforce_pp: rewards [N] and mask [N, T] expected, got {tuple(rewards.shape)} "
-                         f"and {tuple(mask.shape)}")
     r = rewards.detach().to(torch.float32)
     if group_size is not None:
         grouped = _groups(r, group_size, "reinforce_pp_baseline")
         r = (grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)
     on = (mask != 0).to(torch.float32)
-    # the last masked position of each row: where the reversed cumulative count is 1
-    last = on * (on.flip(-1).cumsum(-1).flip(-1) == 1).to(torch.float32)
-    token_r = last * r.unsqueeze(-1)
-    if kl is not None and beta:
-        token_r = token_r - beta * torch.where(on != 0, kl.detach().to(torch.float32), torch.zeros_like(on))
-    returns = (token_r * on).flip(-1).cumsum(-1).flip(-1)
-    return whiten(returns, on)
+    return whiten(reinforce_pp_returns(r, on, kl, beta=beta), on)
