@@ -50,7 +50,7 @@ def main():
         "temperature=1.0", "top_p=1.0", "top_k=0", "stop=[]", "prompt_template=null", "num_iterations=1",
         "epsilon_low=0.2", "epsilon_high=0.2", "beta=0.0", "loss_type=dapo", "advantage=group",
         "scale_rewards=true", "filter_zero_std_groups=false", "rollout_backend=hf",
-        f"generation_batch_size={max(64, a.batch)}", "sample_steps=0"] + a.set)
+        f"rollout_batch_size={max(64, a.batch)}", "sample_steps=0"] + a.set)
     eng = Engine(cfg, GRPO(cfg))
     assert eng.algo.ref is None, "beta 0: no reference model"
 

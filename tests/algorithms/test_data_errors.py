@@ -23,7 +23,7 @@ def _run(trainer, model_dir, data, tmp_path, capsys, **kw):
     return rc, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("trainer", ["sft", "dpo", "rm", "grpo"])
+@pytest.mark.parametrize("trainer", ["sft", "dpo", "rm", "grpo", "ppo", "kto", "orpo"])
 def test_empty_data_file_is_one_error_line(trainer, tiny_model_dir, tmp_path, capsys):
     data = tmp_path / "empty.jsonl"
     data.write_text("")

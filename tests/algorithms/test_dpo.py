@@ -104,7 +104,7 @@ def test_rpo_term_and_lora_reference_is_the_base(tiny_model_dir, tmp_path):
             if "lora_B" in n:
                 p.normal_(0, 0.5)
     batch = eng.algo.micro_batches(0)[0]
-    loss, m = eng.algo.loss(eng.model, batch, batch.num_items)
+    loss, m = eng.algo.loss(eng.model, batch, eng.algo.normaliser([batch]))
     assert m["rewards/margin"] != 0.0 and m["nll"] > 0
     base_loss = float(loss.detach()) - 0.5 * float(m["nll"])
     lengths, p = batch.mask.sum(-1), batch.num_pairs

@@ -12,6 +12,7 @@ from posttrain.algorithms.reward_model import make_engine
 from posttrain.algorithms.sft import SFT, SFTConfig
 from posttrain.config import load_config
 from posttrain.core.engine import Engine
+from posttrain.losses.reduce import step_normaliser
 from posttrain.rewards import CombinedReward
 
 from tests.core.helpers import sft_overrides, write_sft_jsonl
@@ -72,8 +73,9 @@ def test_grpo_second_pass_ratio_is_exactly_one(dropout_model_dir, tmp_path):
     eng = Engine(cfg, GRPO(cfg, reward=CombinedReward([digits])))
     batch = eng.algo.micro_batches(0)[0]
     eng.model.train()                                  # as in the engine's loop
-    eng.algo.loss(eng.model, batch, 1.0)               # first pass: old log-probs := these
-    _, m = eng.algo.loss(eng.model, batch, 1.0)        # same params, later pass
+    norm = step_normaliser(*eng.algo.counts(batch), eng.algo.max_len())
+    eng.algo.loss(eng.model, batch, norm)              # first pass: old log-probs := these
+    _, m = eng.algo.loss(eng.model, batch, norm)       # same params, later pass
     assert float(m["ratio_mean"]) == 1.0
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from posttrain.algorithms import rollout_buffer as rb
+from posttrain.algorithms.online import groups as rb
 from posttrain.algorithms.grpo import GRPO, GRPOConfig
 from posttrain.config import load_config
 from posttrain.core.engine import Engine
@@ -125,12 +125,12 @@ def test_zero_std_groups_are_filtered(tiny_model_dir, tmp_path):
     cfg = _cfg(tiny_model_dir, tmp_path, batch_size=16, filter_zero_std_groups=True)
     eng = _engine(cfg, flat_half)
     batches = eng.algo.micro_batches(0)
-    flat = sum(eng.algo.columns[i]["flat"] for i in eng.algo.sampler.micro_indices(0)[0])
+    flat = sum(eng.algo.prompts.rows[i]["flat"] for i in eng.algo.sampler.micro_indices(0)[0])
     assert 0 < flat < 4
     m = eng.algo.round_metrics
     assert m["frac_zero_std_groups"] == flat / 4
     assert m["rows_trained"] == (4 - flat) * G == sum(b.mask.shape[0] for b in batches)
-    assert all(b.norm.num_seqs == (4 - flat) * G for b in batches)
+    assert eng.algo.normaliser(batches).num_seqs == (4 - flat) * G   # the step's rows, as the engine counts them
 
 
 def test_first_pass_has_ratio_one_and_later_passes_clip(tiny_model_dir, tmp_path):
@@ -138,8 +138,9 @@ def test_first_pass_has_ratio_one_and_later_passes_clip(tiny_model_dir, tmp_path
                learning_rate=2e-2, max_new_tokens=12, loss_type="grpo")
     eng = _engine(cfg)
     b = eng.algo.micro_batches(0)[0]
-    surrogate = AGGREGATIONS["grpo"](-b.advantages * b.mask, b.mask, b.norm)
-    loss, metrics = eng.algo.loss(eng.model, b, 1.0)
+    norm = eng.algo.normaliser([b])
+    surrogate = AGGREGATIONS["grpo"](-b.advantages * b.mask, b.mask, norm)
+    loss, metrics = eng.algo.loss(eng.model, b, norm)
     torch.testing.assert_close(loss, surrogate, atol=1e-7, rtol=1e-6)
     assert float(metrics["ratio_mean"]) == 1.0 and float(metrics["clip_frac"]) == 0.0
     assert not b.fresh

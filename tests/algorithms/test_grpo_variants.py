@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from posttrain.core.engine import TrainingAborted
 from posttrain.core.logprobs import token_logps
 from posttrain.losses.shaping import overlong_penalty
-from posttrain.rollout import make_backend
+from posttrain.rollout import RolloutOptions, make_backend
 from tests.algorithms.test_grpo import G, _cfg, _engine, _metrics, digits
 
 
@@ -95,20 +95,21 @@ def test_rollout_is_correction_against_a_perturbed_sampler(tiny_model_dir, tmp_p
     with torch.no_grad():
         for p in noisy.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    inner = make_backend("hf", noisy, eng.tokenizer, batch_size=64)
+    inner = make_backend("hf", noisy, eng.tokenizer, RolloutOptions(batch_size=64))
     # the sampler is a fixed, perturbed copy (as a vLLM engine with other numerics): never synced
     eng.algo.backend = type("Perturbed", (), {"generate": lambda self, *a: inner.generate(*a),
                                               "sync_weights": lambda self, model: None})()
     b = eng.algo.micro_batches(0)[0]
     sampler = b.old_logps.clone()
-    loss, m = eng.algo.loss(eng.model, b, 1.0)
+    norm = eng.algo.normaliser([b])
+    loss, m = eng.algo.loss(eng.model, b, norm)
     assert m["is/logp_diff_mean"] > 0.01 and m["is/frac_truncated"] > 0
     with torch.no_grad():
         trainer = token_logps(eng.model, b.input_ids, b.attention_mask)
     expected = torch.exp(trainer - sampler).clamp(max=1.05)
     assert torch.allclose(b.is_weights[b.mask != 0], expected[b.mask != 0], atol=1e-5)
     # ratio 1 on the first pass, so the loss is the IS-weighted policy-gradient surrogate
-    manual = -(b.advantages * b.is_weights * b.mask).sum() / b.norm.num_tokens
+    manual = -(b.advantages * b.is_weights * b.mask).sum() / norm.num_tokens
     assert float(loss.detach()) == pytest.approx(float(manual), abs=1e-6)
 
 

@@ -37,7 +37,7 @@ def test_kto_starts_at_half_lambda_and_separates_desirable_from_undesirable(tiny
     eng = Engine(cfg, KTO(cfg))
     b = eng.algo.micro_batches(0)[0]
     assert b.kl_input_ids is not None and b.labels.any() and (~b.labels).any()
-    loss, m = eng.algo.loss(eng.model, b, b.num_items)
+    loss, m = eng.algo.loss(eng.model, b, eng.algo.normaliser([b]))
     # policy = reference: every reward is 0 and z_ref = 0, so each row's loss is lambda_y * (1 - sigmoid(0))
     expected = sum(0.5 * (1.0 if y else 1.5) for y in b.labels.tolist()) / len(b.labels)
     assert float(loss.detach()) == pytest.approx(expected, abs=1e-6) and float(m["kl"]) == 0.0

@@ -69,7 +69,7 @@ def test_loss_runs_params_move_and_value_loss_falls(tiny_model_dir):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     value_losses = []
     for _ in range(20):
-        loss, metrics = algo.loss(model, batch, float(mask.sum()))
+        loss, metrics = algo.loss(model, batch, algo.normaliser([batch]))
         assert torch.isfinite(loss)
         opt.zero_grad()
         loss.backward()

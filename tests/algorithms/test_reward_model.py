@@ -39,7 +39,7 @@ def test_loss_is_bradley_terry_with_margin_weights_and_centering(tiny_model_dir,
     eng = make_engine(cfg)
     batch = eng.algo.micro_batches(0)[0]
     assert batch.num_pairs == 3 * 3 + 5 and batch.num_items == pytest.approx(8.0)   # 3 rankings of K=3
-    loss, m = eng.algo.loss(eng.model, batch, batch.num_items)
+    loss, m = eng.algo.loss(eng.model, batch, eng.algo.normaliser([batch]))
     with torch.no_grad():
         r = sequence_rewards(eng.model, batch.input_ids, batch.attention_mask)
     p, w = batch.num_pairs, batch.weight

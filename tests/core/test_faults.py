@@ -10,6 +10,7 @@ import os
 import signal
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from posttrain.config import DataConfig, load_config
@@ -25,6 +26,9 @@ STEPS, SAVE_EVERY = 6, 2
 @pytest.fixture(autouse=True)
 def no_plots(monkeypatch):
     """The loss plot (matplotlib) is not what is tested here and costs more than the training."""
+    if torch.cuda.is_available():
+        pytest.skip("a forked child cannot use CUDA once the parent has; on GPU machines the subprocess-based "
+                    "test_checkpoint.py::test_sigkill_then_resume_is_bit_identical covers kills")
     monkeypatch.setattr(Engine, "plot", lambda self: None)
 
 

@@ -31,8 +31,8 @@ def _fresh_accelerate_state():
 
 
 class _TinyLoss(SFT):
-    def loss(self, model, batch, num_items):
-        loss, m = super().loss(model, batch, num_items)
+    def loss(self, model, batch, norm):
+        loss, m = super().loss(model, batch, norm)
         return loss * TINY, m
 
 

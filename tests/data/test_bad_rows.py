@@ -44,8 +44,8 @@ def test_unknown_role_is_a_row_error_unless_the_template_names_it(tok, write_jso
                                         r"in message 2"):
         build_sft_examples(load_rows(path, kind="sft"), tok, max_length=64)
     with pytest.raises(DataError, match=r"field 'rejected': .* found role 'wizard' in message 1"):
-        build_preference_examples([{"prompt": [U], "chosen": bot("a"), "rejected": [{"role": "wizard", "content": "b"}]}],
-                                  tok, max_length=64)
+        wizard = [{"role": "wizard", "content": "b"}]
+        build_preference_examples([{"prompt": [U], "chosen": bot("a"), "rejected": wizard}], tok, max_length=64)
     wizard_tok = tok.__class__.from_pretrained(tok.name_or_path)  # a template that knows the role accepts it
     wizard_tok.chat_template = "{% if false %}{{ 'wizard' }}{% endif %}" + tok.chat_template
     examples, _ = build_sft_examples(load_rows(path, kind="sft"), wizard_tok, max_length=64)

@@ -87,9 +87,13 @@ def test_value_loss_hand_values_and_clipped_gradient():
     old = torch.tensor([[1.0, 1.0, 1.9, 0.0]])
     returns = torch.tensor([[0.0, 3.0, 3.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    loss = value_loss(values, old, returns, mask, clip=0.5)
+    loss, metrics = value_loss(values, old, returns, mask, clip=0.5)
     # v_clip = 1.5, 1.5, 2.0: max(4, 2.25) = 4; max(1, 2.25) = 2.25; max(1, 1) = 1; masked: 0
     assert loss[0].tolist() == pytest.approx([2.0, 1.125, 0.5, 0.0])
+    # only token 1 takes the (strictly larger) clipped term; the mean loss and value are over 3 tokens
+    assert metrics["vf_clip_frac"].item() == pytest.approx(1 / 3)
+    assert metrics["value_loss"].item() == pytest.approx((2.0 + 1.125 + 0.5) / 3)
+    assert metrics["value_mean"].item() == pytest.approx(2.0) and not metrics["value_mean"].requires_grad
     loss.sum().backward()
     # token 1 chose the clipped term, which is constant in v beyond the clip: zero gradient
     assert values.grad[0].tolist() == pytest.approx([2.0, 0.0, -1.0, 0.0])

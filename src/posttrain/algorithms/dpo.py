@@ -122,7 +122,7 @@ class DPO(Algorithm):
             lps = sequence_logps(ref, batch.input_ids, batch.attention_mask, batch.mask, self.cfg.logits_chunk)
         return lps[:batch.num_pairs], lps[batch.num_pairs:]
 
-    def loss(self, model, batch, num_items: float):
+    def loss(self, model, batch, norm):
         c, p, w = self.cfg, batch.num_pairs, batch.weight
         logps = sequence_logps(model, batch.input_ids, batch.attention_mask, batch.mask, c.logits_chunk)  # [2P]
         lengths = batch.mask.sum(-1)                                                                    # [2P]
@@ -130,14 +130,14 @@ class DPO(Algorithm):
         losses, r_chosen, r_rejected = self.loss_fn(
             logps[:p], logps[p:], ref_chosen, ref_rejected, beta=c.beta, label_smoothing=c.label_smoothing,
             simpo_gamma=c.simpo_gamma, chosen_lengths=lengths[:p], rejected_lengths=lengths[p:])
-        loss = (w * losses).sum() / num_items
+        loss = (w * losses).sum() / norm.num_items
         metrics = {"rewards/chosen": _wmean(r_chosen, w), "rewards/rejected": _wmean(r_rejected, w),
                    "rewards/accuracy": _wmean((r_chosen > r_rejected).float(), w),
                    "rewards/margin": _wmean(r_chosen - r_rejected, w),
                    "logps/chosen": _wmean(logps[:p], w), "logps/rejected": _wmean(logps[p:], w)}
         if c.rpo_alpha:
             nll = -logps[:p] / lengths[:p]
-            loss = loss + c.rpo_alpha * (w * nll).sum() / num_items
+            loss = loss + c.rpo_alpha * (w * nll).sum() / norm.num_items
             metrics["nll"] = _wmean(nll, w)
         return loss, metrics
 
@@ -150,7 +150,7 @@ class DPO(Algorithm):
         bs = self.cfg.batch_size
         for s in range(0, len(self.eval_examples), bs):
             b = preference_collate(self.eval_examples[s:s + bs], self.pad_id).to(self.engine.device)
-            loss, metrics = self.loss(model, b, b.num_items)
+            loss, metrics = self.loss(model, b, self.normaliser([b]))
             for k, v in {"loss": loss, **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * b.num_items
             total += b.num_items

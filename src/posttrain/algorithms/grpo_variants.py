@@ -69,7 +69,7 @@ class PolicyLoss:
         batch.old_logps, batch.fresh = lp, False
         return metrics
 
-    def __call__(self, batch, logps, entropy):
+    def __call__(self, batch, logps, entropy, norm):
         c, mask = self.c, batch.mask
         token_loss, pm = self.surrogate(logps, batch.old_logps, batch.advantages, mask)
         metrics = {"clip_frac": pm["clip_frac"], "ratio_mean": pm["ratio_mean"],
@@ -84,9 +84,9 @@ class PolicyLoss:
             kl = kl_k3(torch.where(mask != 0, logps, torch.zeros_like(logps)), batch.ref_logps)
             token_loss = token_loss + c.beta * kl
             metrics["kl"] = masked_mean(kl.detach(), mask)
-        loss = self.aggregate(token_loss, mask, batch.norm)
+        loss = self.aggregate(token_loss, mask, norm)
         if c.entropy_coef:
-            loss = loss + entropy_bonus(entropy, mask, batch.norm, c.entropy_coef)
+            loss = loss + entropy_bonus(entropy, mask, norm, c.entropy_coef)
         return loss, metrics
 
 
@@ -182,7 +182,7 @@ def dynamic_round(sample, first_idx: list[int], draw, g: int, max_tries: int, es
 
     `sample(idx, attempt) -> (rollouts, scores, per-row prompts)`; `draw(attempt) -> prompt indices`.
     Returns (rollouts, scores, prompts, generations, zero-std groups seen, groups seen)."""
-    from posttrain.algorithms.rollout_buffer import grouped_advantages
+    from posttrain.algorithms.online.groups import grouped_advantages
 
     wanted, picks, have, zero, seen = len(first_idx), [], 0, 0, 0
     idx = first_idx

@@ -77,7 +77,7 @@ class KTO(Algorithm):
     def micro_batches(self, step: int):
         return [self._collate([self.examples[i] for i in idx]) for idx in self.sampler.micro_indices(step)]
 
-    def loss(self, model, batch, num_items: float):
+    def loss(self, model, batch, norm):
         c = self.cfg
         logps = _seq_logps(model, batch.input_ids, batch.attention_mask, batch.mask, c.logits_chunk)
         with torch.no_grad():
@@ -93,7 +93,7 @@ class KTO(Algorithm):
         losses, metrics = kto_loss(logps, ref_logps, batch.labels, z_ref, beta=c.beta,
                                    desirable_weight=c.desirable_weight, undesirable_weight=c.undesirable_weight)
         metrics["rewards/margin"] = metrics["rewards/desirable"] - metrics["rewards/undesirable"]
-        return losses.sum() / num_items, metrics
+        return losses.sum() / norm.num_items, metrics
 
     def has_eval(self) -> bool:
         return bool(self.eval_examples)

@@ -50,11 +50,11 @@ class ORPO(Algorithm):
         return [preference_collate([self.examples[i] for i in idx], self.pad_id).to(self.engine.device)
                 for idx in self.sampler.micro_indices(step)]
 
-    def loss(self, model, batch, num_items: float):
+    def loss(self, model, batch, norm):
         p = batch.num_pairs
         logps = token_logps(model, batch.input_ids, batch.attention_mask, chunk_size=self.cfg.logits_chunk)
         return orpo_loss(logps[:p], batch.mask[:p], logps[p:], batch.mask[p:], lam=self.cfg.lam,
-                         num_items=num_items, weight=batch.weight)
+                         num_items=norm.num_items, weight=batch.weight)
 
     def has_eval(self) -> bool:
         return bool(self.eval_examples)
@@ -64,7 +64,7 @@ class ORPO(Algorithm):
         sums, total, bs = {}, 0.0, self.cfg.batch_size
         for s in range(0, len(self.eval_examples), bs):
             b = preference_collate(self.eval_examples[s:s + bs], self.pad_id).to(self.engine.device)
-            loss, metrics = self.loss(model, b, b.num_items)
+            loss, metrics = self.loss(model, b, self.normaliser([b]))
             for k, v in {"loss": loss, **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * b.num_items
             total += b.num_items

@@ -77,11 +77,11 @@ class RewardModelTrainer(Algorithm):
         return [preference_collate([self.examples[i] for i in idx], self.pad_id).to(self.engine.device)
                 for idx in self.sampler.micro_indices(step)]
 
-    def loss(self, model, batch, num_items: float):
+    def loss(self, model, batch, norm):
         rewards = sequence_rewards(model, batch.input_ids, batch.attention_mask)   # [2P]
         p = batch.num_pairs
         loss, m = bradley_terry_loss(rewards[:p], rewards[p:], margin=batch.margin, weight=batch.weight,
-                                     num_items=num_items,
+                                     num_items=norm.num_items,
                                      center_rewards_coefficient=self.cfg.center_rewards_coefficient)
         return loss, {"accuracy": m["accuracy"], "margin": m["margin_mean"], "rewards/chosen": m["chosen_mean"],
                       "rewards/rejected": m["rejected_mean"]}

@@ -13,6 +13,7 @@ import torch
 
 from posttrain.config import TrainConfig, opt
 from posttrain.core.algorithm import Algorithm, StepSampler
+from posttrain.core.distributed import all_reduce
 from posttrain.core.logprobs import token_logps
 from posttrain.losses.sft import SFT_LOSSES
 
@@ -93,10 +94,10 @@ class SFT(Algorithm):
     def tokens(self, batch) -> int:
         return int(batch.attention_mask.sum()) if batch.attention_mask is not None else int(batch.input_ids.numel())
 
-    def loss(self, model, batch, num_items: float):
+    def loss(self, model, batch, norm):
         logps = token_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids,
                             chunk_size=self.cfg.logits_chunk)
-        return self.loss_fn(logps, batch.mask, batch.neg_mask, num_items,
+        return self.loss_fn(logps, batch.mask, batch.neg_mask, norm.num_items,
                             unlikelihood_alpha=self.cfg.unlikelihood_alpha)
 
     def has_eval(self) -> bool:
@@ -111,9 +112,7 @@ class SFT(Algorithm):
             lp = token_logps(model, b.input_ids, b.attention_mask, b.position_ids, chunk_size=self.cfg.logits_chunk)
             total += float(-(lp * b.mask).sum())
             count += float(b.mask.sum())
-        from posttrain.core.engine import _all_reduce
-
-        total, count = _all_reduce([total, count])
+        total, count = all_reduce([total, count])
         nll = total / max(count, 1.0)
         return {"loss": nll, "ppl": float(torch.exp(torch.tensor(min(nll, 50.0))))}
 

@@ -5,6 +5,8 @@ from typing import Any
 
 import torch
 
+from posttrain.losses.reduce import Normaliser, step_normaliser
+
 
 class Algorithm:
     """Subclass and implement `setup`, `micro_batches` and `loss`; the rest has sensible defaults.
@@ -27,12 +29,26 @@ class Algorithm:
         and the algorithm state, so resume is exact)."""
         raise NotImplementedError(f"{type(self).__name__} must implement micro_batches")
 
-    def loss(self, model, batch, num_items: float) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss of one micro-batch, already divided by `num_items` (the step's global normaliser)."""
+    def loss(self, model, batch, norm: Normaliser) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of one micro-batch, already divided by the step's global counts `norm` (the engine builds
+        it from `counts` of every micro-batch of every process; `norm.num_items` is the usual divisor)."""
         raise NotImplementedError(f"{type(self).__name__} must implement loss")
 
-    def num_items(self, batch) -> float:
-        return batch.num_items
+    def counts(self, batch) -> tuple[float, float, float]:
+        """(num_items, loss-carrying tokens, rows) of one micro-batch; the engine sums them over the step.
+        `num_items` is the batch's own unit (`batch.num_items`), tokens are its `mask`'s sum."""
+        mask = getattr(batch, "mask", None)
+        items = float(batch.num_items)
+        return items, float(mask.sum()) if mask is not None else items, float(batch.input_ids.shape[0])
+
+    def max_len(self) -> int:
+        """`Normaliser.max_len`: the generation budget of online algorithms; `max_length` otherwise."""
+        return int(getattr(getattr(self, "cfg", None), "max_length", 1))
+
+    def normaliser(self, batches) -> Normaliser:
+        """The `Normaliser` of `batches` on this process alone (evaluation, tests); the engine's sums all."""
+        items, tokens, rows = (sum(c) for c in zip(*(self.counts(b) for b in batches)))
+        return step_normaliser(items, tokens, rows, self.max_len())
 
     def tokens(self, batch) -> int:
         """Non-padding tokens in the batch (for tokens/s)."""

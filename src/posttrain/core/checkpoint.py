@@ -110,7 +110,9 @@ def _write_main_files(tmp: str, step: int, *, model, optimizer, scheduler, algo_
 
 def newest_complete_name(ckpt_root: str) -> str:
     path = latest_complete(ckpt_root, log=lambda _msg: None)
-    return f"the newest complete checkpoint is {os.path.basename(path)}" if path else "there is no complete checkpoint yet"
+    if path is None:
+        return "there is no complete checkpoint yet"
+    return f"the newest complete checkpoint is {os.path.basename(path)}"
 
 
 def disk_full_error(what: str, folder: str, needed: int, ckpt_root: str) -> CheckpointError:
@@ -124,7 +126,8 @@ def _write_or_explain(write, *, tmp: str, step: int, ckpt_root: str, model, opti
         write()
     except Exception as e:
         needed = integrity.estimate_bytes(model, optimizer)
-        written = sum(os.path.getsize(os.path.join(tmp, n)) for n in integrity.walk_files(tmp)) if os.path.isdir(tmp) else 0
+        names = integrity.walk_files(tmp) if os.path.isdir(tmp) else []
+        written = sum(os.path.getsize(os.path.join(tmp, n)) for n in names)
         full = integrity.is_disk_full(e, ckpt_root, max(needed - written, 2**20))
         shutil.rmtree(tmp, ignore_errors=True)
         if full:
@@ -191,7 +194,8 @@ def _read_state(path: str, rank: int) -> dict:
         try:
             out[key] = torch.load(os.path.join(path, name), weights_only=True)
         except Exception as e:
-            raise CorruptCheckpoint(path, f"cannot read {name} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+            first = (str(e).splitlines() or [""])[0][:200]
+            raise CorruptCheckpoint(path, f"cannot read {name} ({type(e).__name__}: {first})") from None
     try:
         with open(os.path.join(path, "scheduler.json")) as f:
             out["scheduler"] = json.load(f)

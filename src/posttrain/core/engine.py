@@ -1,13 +1,14 @@
 """The one training loop every algorithm shares, on `accelerate`.
 
-Per optimizer step: the algorithm hands over this process's micro-batches; the engine sums their
-normaliser over all micro-batches and processes (so the loss is one mean over the whole accumulated
-batch), backpropagates each micro-batch, all-reduces gradients once (data parallel), clips, and steps
-AdamW and the schedule. A non-finite loss or gradient skips the step with params and optimizer
-untouched; `max_consecutive_skips` in a row abort. With `mixed_precision: fp16` (on a GPU) the loss is
-scaled by a `torch.amp.GradScaler` before backward and the gradients unscaled before clipping, so small
-gradients do not underflow; an overflow at a scale above 1 is the scaler's (it halves the scale) and does
-not count toward the abort. Logging, evaluation, atomic checkpoints, exact
+Per optimizer step: the algorithm hands over this process's micro-batches; the engine builds the
+step's `Normaliser` from their `counts` summed over all micro-batches and processes (so the loss is
+one mean over the whole accumulated batch) and passes it to every `loss` call, backpropagates each
+micro-batch, all-reduces gradients once (data parallel), clips, and steps AdamW and the schedule. A
+non-finite loss or gradient skips the step with params and optimizer untouched;
+`max_consecutive_skips` in a row abort. With `mixed_precision: fp16` (on a GPU) the loss is scaled by
+a `torch.amp.GradScaler` before backward and the gradients unscaled before clipping, so small
+gradients do not underflow; an overflow at a scale above 1 is the scaler's (it halves the scale) and
+does not count toward the abort. Logging, evaluation, atomic checkpoints, exact
 resume and the final `save_pretrained` folder live here too.
 """
 from __future__ import annotations
@@ -23,9 +24,11 @@ import torch.distributed as dist
 from posttrain.config import plain, to_yaml
 from posttrain.core import checkpoint as ckpt
 from posttrain.core import checkpoint_integrity as integrity
+from posttrain.core.distributed import all_reduce
 from posttrain.core.divergence import abs_max, divergence_problems
 from posttrain.core.metrics_log import MetricsLogger, read_metrics
 from posttrain.core.models import save_final
+from posttrain.losses.reduce import step_normaliser
 
 
 class TrainingAborted(RuntimeError):
@@ -42,14 +45,6 @@ def mixed_precision_name(value) -> str:
     if name in ("fp16", "float16"):
         return "fp16"
     raise ValueError(f"mixed_precision: expected no, bf16 or fp16, found {value!r}")
-
-
-def _all_reduce(values: list[float], op=None) -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t.tolist()
 
 
 class Engine:
@@ -161,14 +156,14 @@ class Engine:
 
     # ----------------------------------------------------------------- one step
     def _backward_step(self, micros) -> dict:
-        local_items = sum(self.algo.num_items(m) for m in micros)
-        local_tokens = sum(self.algo.tokens(m) for m in micros)
-        num_items, tokens = _all_reduce([local_items, local_tokens])
-        num_items = max(num_items, 1e-8)
+        # the step's normaliser, for every algorithm: counts summed over micro-batches and processes
+        local = [sum(c) for c in zip(*(self.algo.counts(m) + (self.algo.tokens(m),) for m in micros))]
+        items, loss_tokens, rows, tokens = all_reduce(local)
+        norm = step_normaliser(items, loss_tokens, rows, self.algo.max_len())
         loss_sum, sums = 0.0, {}
         for m in micros:
             with self.accelerator.autocast():
-                loss, metrics = self.algo.loss(self.model, m, num_items)
+                loss, metrics = self.algo.loss(self.model, m, norm)
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             loss_sum = loss_sum + loss.detach()
             for k, v in metrics.items():
@@ -177,7 +172,7 @@ class Engine:
         # one host transfer for all metrics of the step (a GPU sync per metric would stall the stream)
         values = torch.stack([torch.as_tensor(x, dtype=torch.float32, device=self.device).reshape(())
                               for x in [loss_sum] + [sums[k] for k in keys]]).tolist()
-        reduced = _all_reduce([values[0]] + [v / len(micros) for v in values[1:]])
+        reduced = all_reduce([values[0]] + [v / len(micros) for v in values[1:]])
         out = {"loss": reduced[0], **{k: v / self.world for k, v in zip(keys, reduced[1:])}}
         out["tokens"] = tokens
         return out
@@ -292,8 +287,9 @@ class Engine:
                                        max_weight_growth=c.max_weight_growth)
         if problems:
             raise TrainingAborted(f"the run diverged, so no final model was saved: {'; '.join(problems)}. "
-                                  f"{ckpt.newest_complete_name(self.ckpt_root).capitalize()} (in {self.ckpt_root}); "
-                                  "lower learning_rate or check the data and mixed precision, and rerun")
+                                  f"{ckpt.newest_complete_name(self.ckpt_root).capitalize()} (in {self.ckpt_root}; "
+                                  "it may hold diverged weights already). Lower learning_rate or check the data and "
+                                  "mixed precision, then rerun with resume=false to start over")
 
     def _save_final(self, out: str) -> None:
         try:

@@ -77,10 +77,10 @@ def load_policy(path: str):
 def generate(model, tok, rows: list[dict], sizes: EvalSizes, *, temperature: float = 0.0):
     """`Rollouts` with one completion per row (greedy unless `temperature` > 0)."""
     from posttrain.data import encode_prompt
-    from posttrain.rollout import SamplingParams, make_backend
+    from posttrain.rollout import RolloutOptions, SamplingParams, make_backend
 
     prompts = [encode_prompt(r, tok) for r in rows]
-    backend = make_backend("hf", model, tok, batch_size=sizes.batch_size)
+    backend = make_backend("hf", model, tok, RolloutOptions(batch_size=sizes.batch_size))
     params = SamplingParams(max_new_tokens=sizes.max_new_tokens, temperature=temperature, seed=sizes.seed)
     return backend.generate(prompts, n=1, params=params)
 

@@ -51,17 +51,24 @@ def ppo_clip_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Te
     return token_loss, metrics
 
 
-def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, *, clip: float) -> Tensor:
+def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, *,
+               clip: float) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped value loss of PPO as in OpenAI baselines / TRL (not in the PPO paper itself):
 
         v_clip_t = old_v_t + clip(v_t - old_v_t, -clip, clip)
         token_loss_t = 0.5 * max((v_t - R_t)^2, (v_clip_t - R_t)^2)
 
-    Shapes: all `[B, T]`; returns `token_loss` `[B, T]`, 0 where `mask == 0`.
+    Shapes: all `[B, T]`; returns `token_loss` `[B, T]`, 0 where `mask == 0`, and metrics (this
+    micro-batch, detached, masked means): `value_loss`; `vf_clip_frac`, the fraction of tokens whose
+    clipped term is strictly larger (those get no gradient beyond the clip); `value_mean`.
     """
     v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
-    loss = 0.5 * torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2)
-    return _zero_outside(loss, mask)
+    loss = _zero_outside(0.5 * torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2), mask)
+    with torch.no_grad():
+        clipped = ((v_clipped - returns) ** 2 > (values - returns) ** 2).float()
+        metrics = {"value_loss": masked_mean(loss, mask), "vf_clip_frac": masked_mean(clipped, mask),
+                   "value_mean": masked_mean(values, mask)}
+    return loss, metrics
 
 
 def kl_k1(logps: Tensor, ref_logps: Tensor) -> Tensor:

@@ -35,11 +35,14 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 
 @dataclass(frozen=True)
 class Normaliser:
-    """Global counts of ONE optimiser step (all micro-batches, all processes), filled in by the engine.
+    """Global counts of ONE optimiser step (all micro-batches, all processes), built by the engine for
+    every algorithm (`core.engine`, from each micro-batch's `Algorithm.counts`) and passed to its `loss`.
 
     num_tokens: loss-carrying tokens (sum of the masks) in the step.
     num_seqs:   sequences (rows) in the step.
     max_len:    the generation budget in tokens (max completion length), Dr. GRPO's constant.
+    num_items:  the algorithm's own unit (`batch.num_items`: SFT tokens, DPO/RM pair weights, PPO
+                completion tokens); None where no one set it (then a loss that needs it fails loudly).
     Dividing a micro-batch's loss sum by these counts makes the summed micro-batch losses equal the
     full-batch loss, so gradient accumulation 1x8 equals 8x1.
     """
@@ -47,9 +50,19 @@ class Normaliser:
     num_tokens: float
     num_seqs: float
     max_len: int
+    num_items: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("num_tokens", "num_seqs", "max_len"):
+        for name in ("num_tokens", "num_seqs", "max_len", "num_items"):
             value = getattr(self, name)
+            if name == "num_items" and value is None:
+                continue
             if not value > 0:
                 raise ValueError(f"Normaliser.{name} must be > 0, got {value!r}")
+
+
+def step_normaliser(num_items: float, num_tokens: float, num_seqs: float, max_len: int) -> Normaliser:
+    """The `Normaliser` of a step from its summed counts; empty counts are clamped (items to 1e-8,
+    tokens and rows to 1) so a step with nothing to train on divides by a positive number."""
+    return Normaliser(num_tokens=max(num_tokens, 1.0), num_seqs=max(num_seqs, 1.0), max_len=max_len,
+                      num_items=max(num_items, 1e-8))

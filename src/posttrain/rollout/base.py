@@ -57,6 +57,28 @@ class SamplingParams:
         return self.temperature == 0
 
 
+@dataclass(frozen=True)
+class RolloutOptions:
+    """The one option set every backend accepts (`make_backend(name, model, tokenizer, options)`); each
+    backend reads the options that mean something to it, so an algorithm never branches on the name.
+
+    batch_size               most sequences decoded together (hf; vLLM schedules its own batches)
+    max_model_len            longest prompt + completion in tokens (vllm's KV-cache sizing; hf needs none)
+    gpu_memory_utilization   share of the GPU vLLM may take for weights and KV cache (vllm)
+    """
+
+    batch_size: int = 64
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.3
+
+    def __post_init__(self):
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"RolloutOptions.batch_size must be an int >= 1, got {self.batch_size!r}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"RolloutOptions.gpu_memory_utilization must be in (0, 1], got "
+                             f"{self.gpu_memory_utilization!r}")
+
+
 @dataclass
 class Rollouts:
     """`len(prompts) * n` samples, one row per sample; the `n` samples of prompt `i` are rows
