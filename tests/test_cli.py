@@ -39,3 +39,16 @@ def test_data_inspect_marks_trained_tokens(tiny_model_dir, tmp_path, capsys):
     assert main(["data", "inspect", f"model={tiny_model_dir}", f"data.train={data}", "n=2"]) == 0
     out = capsys.readouterr().out
     assert "[[" in out and "kept 5 rows" in out
+
+
+def test_every_registered_trainer_loads_and_is_offered():
+    from dataclasses import is_dataclass
+
+    from posttrain.algorithms import TRAINERS, load_trainer
+    from posttrain.cli import usage
+    from posttrain.config import TrainConfig
+
+    for name in TRAINERS:
+        cfg_cls, run = load_trainer(name)
+        assert is_dataclass(cfg_cls) and issubclass(cfg_cls, TrainConfig) and callable(run), name
+        assert name in usage()

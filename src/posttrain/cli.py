@@ -1,6 +1,6 @@
 """`posttrain <command> --config FILE [key=value ...]` (also `python -m posttrain`).
 
-Commands: the trainers (sft, and each algorithm as it lands), `data inspect`, `lab ...`, `demo`.
+Commands: the trainers (`posttrain.algorithms.TRAINERS`, one row each), `data inspect`, `lab ...`, `demo`.
 `posttrain <trainer> --help` lists every config key with its meaning and default.
 """
 from __future__ import annotations
@@ -8,32 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-
-def _sft():
-    from posttrain.algorithms import sft
-
-    return sft.SFTConfig, sft.run
-
-
-# name -> () -> (config dataclass, run function). Each algorithm adds one line here.
-TRAINERS = {"sft": _sft}
-EXTRA_TRAINERS = ("rm", "dpo", "grpo", "ppo", "kto", "orpo")
-
-
-def _register_optional() -> None:
-    """Algorithms that live in their own modules register if present (keeps this file small)."""
-    import importlib
-
-    for name in EXTRA_TRAINERS:
-        if name in TRAINERS:
-            continue
-        try:
-            mod = importlib.import_module(f"posttrain.algorithms.{ {'rm': 'reward_model'}.get(name, name)}")
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("posttrain.algorithms"):
-                continue
-            raise
-        TRAINERS[name] = lambda m=mod: (m.CONFIG, m.run)
+from posttrain.algorithms import TRAINERS, load_trainer
 
 
 def _is_main_process() -> bool:
@@ -73,7 +48,7 @@ def run_trainer(name: str, argv: list[str]) -> int:
     from posttrain.config import load_config, to_yaml
     from posttrain.lab.builtin import resolve_config
 
-    cfg_cls, run = TRAINERS[name]()
+    cfg_cls, run = load_trainer(name)
     config, overrides, want_help = _split_args(argv)
     if want_help:
         print_keys(name, cfg_cls)
@@ -146,7 +121,6 @@ def usage() -> str:
 
 
 def dispatch(argv: list[str]) -> int:
-    _register_optional()
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

@@ -48,6 +48,19 @@ class LoraConfig:
 
 
 @dataclass
+class DistributedConfig:
+    strategy: str = opt("auto", "none, ddp, fsdp2 or deepspeed; auto = what `accelerate launch --config_file` selects "
+                                "(FSDP -> fsdp2, DeepSpeed -> deepspeed), else ddp with several processes, else none")
+    cpu_offload: bool = opt(False, "fsdp2: keep sharded params, gradients and optimizer state in CPU memory; "
+                                   "deepspeed: offload optimizer state (and ZeRO-3 params) to CPU")
+    reshard_after_forward: bool = opt(True, "fsdp2: free gathered layer weights after forward (ZeRO-3-like); "
+                                            "false keeps them until backward (ZeRO-2-like: more memory, less traffic)")
+    zero_stage: int = opt(3, "deepspeed: ZeRO stage 2 or 3")
+    global_batch_size: int = opt(0, "rows per optimizer step over all processes; sets batch_size to "
+                                    "global_batch_size / (processes * grad_accum); 0 = use batch_size as given")
+
+
+@dataclass
 class ModelArgs:
     model: str = opt("builtin:tiny", "a hub name, a local folder, or builtin:tiny (the lab's base model)")
     tokenizer: Any = opt(None, "tokenizer name or folder; null = same as model")
@@ -87,6 +100,7 @@ class TrainConfig(ModelArgs):
     threads: int = opt(0, "torch CPU threads; 0 = torch's default")
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 def _walk_unknown(user: Any, schema: Any, prefix: str) -> list[str]:

@@ -17,8 +17,8 @@ def _error_line(err: str) -> str:
 def _run(trainer, model_dir, data, tmp_path, capsys, **kw):
     over = {"model": model_dir, "data.train": data, "output_dir": str(tmp_path / "out"), "max_steps": 1,
             "batch_size": 2, "max_length": 48, "report_to": "[]", "threads": 1, **kw}
-    if trainer == "grpo":
-        over.update(num_generations=2, max_new_tokens=4)
+    if trainer in ("grpo", "ppo"):  # online: max_length must leave room past max_new_tokens
+        over.update(max_new_tokens=4, **({"num_generations": 2} if trainer == "grpo" else {}))
     rc = main([trainer] + [f"{k}={v}" for k, v in over.items()])
     return rc, capsys.readouterr().err
 

@@ -33,5 +33,6 @@ def test_variant_tables_hold_the_contract_names():
     assert set(losses.SFT_LOSSES) == {"nll", "dft", "unlikelihood"}
     assert set(losses.DPO_LOSSES) == {"sigmoid", "ipo", "hinge", "robust", "simpo"}
     assert set(losses.AGGREGATIONS) == {"grpo", "dr_grpo", "dapo", "bnpo"}
-    assert all(callable(f) for table in (losses.SFT_LOSSES, losses.DPO_LOSSES, losses.AGGREGATIONS)
-               for f in table.values())
+    assert all(callable(f) for table in (losses.SFT_LOSSES, losses.AGGREGATIONS) for f in table.values())
+    assert all(callable(f) and isinstance(ref, bool) for f, ref in losses.DPO_LOSSES.values())
+    assert [n for n, (_, ref) in losses.DPO_LOSSES.items() if not ref] == ["simpo"]

@@ -5,6 +5,7 @@ import torch
 
 from posttrain.losses.preference import (
     DPO_LOSSES,
+    bind_dpo_loss,
     bradley_terry_loss,
     hinge_dpo,
     ipo,
@@ -92,7 +93,7 @@ def test_bradley_terry_errors_name_the_argument():
 @pytest.mark.parametrize("name", ["sigmoid", "robust"])
 def test_dpo_is_log_two_when_policy_equals_reference(name):
     logps = torch.tensor([-3.0, -10.0, -0.5])
-    losses, chosen_r, rejected_r = DPO_LOSSES[name](logps, logps - 1, logps, logps - 1, beta=0.1)
+    losses, chosen_r, rejected_r = DPO_LOSSES[name][0](logps, logps - 1, logps, logps - 1, beta=0.1)
     assert_close(losses, torch.full((3,), math.log(2.0)))
     assert chosen_r.tolist() == [0.0, 0.0, 0.0] and rejected_r.tolist() == [0.0, 0.0, 0.0]
 
@@ -152,28 +153,30 @@ def test_hinge_hand_value_and_zero_gradient_beyond_the_margin():
 
 def test_simpo_hand_value_is_reference_free():
     kw = dict(beta=2.0, simpo_gamma=0.5, chosen_lengths=torch.tensor([2]), rejected_lengths=torch.tensor([3]))
-    losses, chosen_r, rejected_r = simpo(torch.tensor([-4.0]), torch.tensor([-9.0]), None, None, **kw)
+    losses, chosen_r, rejected_r = simpo(torch.tensor([-4.0]), torch.tensor([-9.0]), **kw)
     # beta * (-4/2 - -9/3) - gamma = 2 * 1 - 0.5 = 1.5
     assert losses.item() == pytest.approx(softplus(-1.5), rel=1e-6)
     assert chosen_r.item() == -4.0 and rejected_r.item() == -6.0
-    with_ref, _, _ = simpo(torch.tensor([-4.0]), torch.tensor([-9.0]), torch.tensor([5.0]),
-                           torch.tensor([-5.0]), **kw)
-    assert with_ref.item() == losses.item()
+    bound, needs_ref = bind_dpo_loss("simpo", beta=2.0, simpo_gamma=0.5, label_smoothing=0.0)
+    with_ref, _, _ = bound(torch.tensor([-4.0]), torch.tensor([-9.0]), torch.tensor([5.0]), torch.tensor([-5.0]),
+                           torch.tensor([2]), torch.tensor([3]))
+    assert not needs_ref and with_ref.item() == losses.item()   # the bound form ignores a reference
     with pytest.raises(ValueError, match="chosen_lengths"):
-        simpo(torch.tensor([-4.0]), torch.tensor([-9.0]), None, None, beta=2.0,
+        simpo(torch.tensor([-4.0]), torch.tensor([-9.0]), beta=2.0, chosen_lengths=None,
               rejected_lengths=torch.tensor([3]))
 
 
 def test_reference_based_losses_refuse_a_missing_reference():
     for name in ("sigmoid", "ipo", "hinge", "robust"):
         with pytest.raises(ValueError, match=f"'{name}'.*ref_chosen_logps"):
-            _call(DPO_LOSSES[name], ref_chosen_logps=None, beta=0.1)
+            _call(DPO_LOSSES[name][0], ref_chosen_logps=None, beta=0.1)
 
 
 def test_label_smoothing_is_refused_where_undefined():
-    for fn in (ipo, hinge_dpo):
-        with pytest.raises(ValueError, match="label_smoothing"):
-            _call(fn, beta=0.1, label_smoothing=0.1)
+    for name in ("ipo", "hinge"):   # refused when the variant is bound, i.e. when the trainer is built
+        with pytest.raises(ValueError, match=f"label_smoothing=0.1 is not defined for DPO loss '{name}'"):
+            bind_dpo_loss(name, beta=0.1, label_smoothing=0.1)
+    bind_dpo_loss("ipo", beta=0.1, label_smoothing=0.0, simpo_gamma=0.5)   # settings it does not take, left out
     with pytest.raises(ValueError, match="label_smoothing"):
         _call(sigmoid_dpo, beta=0.1, label_smoothing=0.7)
 
@@ -183,6 +186,18 @@ def test_every_variant_returns_per_pair_shapes(name):
     torch.manual_seed(0)
     logps = [torch.randn(5) - 3 for _ in range(4)]
     lengths = dict(chosen_lengths=torch.full((5,), 3), rejected_lengths=torch.full((5,), 4))
-    losses, chosen_r, rejected_r = DPO_LOSSES[name](*logps, beta=0.1, **lengths)
+    fn, _ = bind_dpo_loss(name, beta=0.1)
+    losses, chosen_r, rejected_r = fn(*logps, lengths["chosen_lengths"], lengths["rejected_lengths"])
     assert losses.shape == chosen_r.shape == rejected_r.shape == (5,)
     assert torch.isfinite(losses).all()
+
+
+def test_a_new_variant_is_one_function_and_one_row(monkeypatch):
+    def margin_only(policy_chosen_logps, policy_rejected_logps, *, beta, simpo_gamma=0.5):
+        z = beta * (policy_chosen_logps - policy_rejected_logps)
+        return (simpo_gamma - z).clamp(min=0), z.detach(), -z.detach()
+
+    monkeypatch.setitem(DPO_LOSSES, "margin", (margin_only, False))
+    fn, needs_ref = bind_dpo_loss("margin", beta=1.0, simpo_gamma=2.0, label_smoothing=0.0)
+    losses, _, _ = fn(torch.tensor([-1.0]), torch.tensor([-2.0]), None, None, torch.tensor([3]), torch.tensor([3]))
+    assert not needs_ref and losses.item() == pytest.approx(1.0)   # 2 - 1 * (-1 - -2)

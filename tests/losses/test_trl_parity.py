@@ -159,7 +159,7 @@ def test_simpo_matches_trl_cpo():
     g = torch.Generator().manual_seed(3)
     seq = (-torch.rand(8, generator=g) * 20).requires_grad_(True)
     lengths = torch.tensor([5.0, 9.0, 3.0, 7.0, 4.0, 8.0, 6.0, 2.0])
-    losses, _, _ = _dpo_fn("simpo")(seq[:4], seq[4:], None, None, beta=2.0, label_smoothing=0.1, simpo_gamma=0.5,
+    losses, _, _ = _dpo_fn("simpo")(seq[:4], seq[4:], beta=2.0, label_smoothing=0.1, simpo_gamma=0.5,
                                     chosen_lengths=lengths[:4], rejected_lengths=lengths[4:])
     leaf = seq.detach().clone().requires_grad_(True)
     avg = leaf / lengths

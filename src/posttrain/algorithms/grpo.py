@@ -129,11 +129,9 @@ class GRPO(OnlineAlgorithm):
         self.ref = None
 
     def setup(self, engine) -> None:
-        from posttrain.core.models import Reference
-
         super().setup(engine)
         if self.cfg.beta > 0:
-            self.ref = Reference(engine.model).to(engine.device)
+            self.ref = engine.reference()
 
     def prompts_per_round(self) -> int:
         return self.cfg.batch_size * self.cfg.grad_accum // self.cfg.num_generations

@@ -56,7 +56,6 @@ class KTO(Algorithm):
         self.eval_examples = []
 
     def setup(self, engine) -> None:
-        from posttrain.core.models import Reference
         from posttrain.data.formats import load_rows
 
         c, tok = self.cfg, engine.tokenizer
@@ -68,7 +67,7 @@ class KTO(Algorithm):
             rows = rows.subset(range(min(len(rows), c.data.max_eval_rows or len(rows))))
             self.eval_examples, summary = build_unpaired_examples(rows, tok, max_length=c.max_length)
             engine.say(f"eval unpaired rows: {summary}")
-        self.ref = Reference(engine.model)
+        self.ref = engine.reference()
         self.sampler = StepSampler(len(self.examples), c.batch_size, c.grad_accum, c.seed, engine.rank, engine.world)
 
     def _collate(self, examples):

@@ -44,6 +44,7 @@ from posttrain.config import DataConfig, opt
 from posttrain.core.batch import RolloutBatch
 from posttrain.core.kl_control import make_kl_controller
 from posttrain.core.logprobs import hidden_states, logps_from_hidden
+from posttrain.core.strategy import call_root
 from posttrain.losses.advantages import gae, whiten
 from posttrain.losses.policy import kl_k1, kl_k3, ppo_clip_loss, value_loss
 from posttrain.losses.reduce import masked_mean, masked_sum
@@ -97,9 +98,7 @@ class PPO(OnlineAlgorithm):
         self.rows_per_step = cfg.batch_size * cfg.grad_accum
 
     def setup(self, engine) -> None:
-        from posttrain.core.models import Reference
-
-        self.reference = Reference(engine.model).to(engine.device)  # dropout is off already (`dropout = False`)
+        self.reference = engine.reference()  # dropout is off already (`dropout = False`)
         attach_value_head(engine.model)
         super().setup(engine)
 
@@ -125,15 +124,19 @@ class PPO(OnlineAlgorithm):
         for s in range(0, ids.shape[0], c.batch_size):
             i, a = ids[s:s + c.batch_size], attn[s:s + c.batch_size]
             with self.engine.accelerator.autocast():
-                hidden = hidden_states(model, i, a)
-                out[0].append(logps_from_hidden(model, hidden, i, chunk_size=c.logits_chunk,
-                                                temperature=c.temperature)[0])
-                out[1].append(token_values(model, hidden))
+                logps, values = call_root(model, self._pass, i, a, True)  # one (FSDP) forward of the root
+                out[0].append(logps)
+                out[1].append(values)
                 with self.reference.model() as ref:
-                    h_ref = hidden_states(ref, i, a)
-                    out[2].append(logps_from_hidden(ref, h_ref, i, chunk_size=c.logits_chunk,
-                                                    temperature=c.temperature)[0])
+                    out[2].append(call_root(ref, self._pass, i, a, False))
         return tuple(torch.cat(x).float() for x in out)
+
+    def _pass(self, model, ids, attn, with_values: bool):
+        """Log-probs at `temperature` (and values) of one forward of `model`'s trunk."""
+        hidden = hidden_states(model, ids, attn)
+        logps = logps_from_hidden(model, hidden, ids, chunk_size=self.cfg.logits_chunk,
+                                  temperature=self.cfg.temperature)[0]
+        return (logps, token_values(model, hidden)) if with_values else logps
 
     def collect(self, rnd: int) -> None:
         """Sample, score and prepare round `rnd` (module docstring) into a one-batch buffer."""

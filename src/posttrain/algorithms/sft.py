@@ -25,6 +25,9 @@ class SFTConfig(TrainConfig):
     logits_chunk: int = opt(0, "positions per chunk of the output head; 0 = auto (<= 32M logits a chunk)")
 
 
+CONFIG = SFTConfig
+
+
 class SFT(Algorithm):
     name = "sft"
     plot_keys = ("loss", "eval/loss", "nll", "grad_norm", "lr", "tokens_per_s")

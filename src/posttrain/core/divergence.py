@@ -16,15 +16,26 @@ import torch
 
 
 def abs_max(params) -> float:
-    """Largest |w| over `params` (nan when any weight is nan, inf when any is inf)."""
-    best = 0.0
+    """Largest |w| over `params` (nan when any weight is nan, inf when any is inf). Sharded (fsdp2)
+    parameters count their local shard, and the result is the maximum over every process (a collective
+    then: all processes call it), so all of them take the same decision."""
+    best, sharded = 0.0, False
     with torch.no_grad():
         for p in params:
+            if hasattr(p, "to_local"):
+                p, sharded = p.to_local(), True
             if p.numel():
                 m = float(p.detach().abs().max())
                 if not math.isfinite(m):
-                    return m
+                    best = m
+                    break
                 best = max(best, m)
+    if sharded:
+        import torch.distributed as dist
+
+        t = torch.tensor([best if not math.isnan(best) else math.inf, float(math.isnan(best))], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return math.nan if t[1] > 0 else float(t[0])
     return best
 
 
@@ -33,6 +44,7 @@ def nonfinite_names(named_params, limit: int = 3) -> tuple[int, list[str]]:
     bad = []
     with torch.no_grad():
         for name, p in named_params:
+            p = p.to_local() if hasattr(p, "to_local") else p  # a shard (fsdp2): this process's part
             if p.numel() and not bool(torch.isfinite(p.detach()).all()):
                 bad.append(name)
     return len(bad), bad[:limit]
@@ -46,6 +58,12 @@ def divergence_problems(*, model, last_loss: float | None, skipped: int, steps: 
         problems.append(f"the last step's loss is {last_loss}")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     count, names = nonfinite_names(named)
+    if any(hasattr(p, "to_local") for _, p in named):  # sharded: every process must see the same answer
+        import torch.distributed as dist
+
+        t = torch.tensor([float(count)], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        count, names = int(t[0]), names or ["on another process"]
     if count:
         problems.append(f"{count} weight tensor(s) hold nan or inf (e.g. {', '.join(names)})")
     if steps > 0 and skipped / steps > max_skipped_fraction:

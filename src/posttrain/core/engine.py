@@ -1,15 +1,17 @@
-"""The one training loop every algorithm shares, on `accelerate`.
+"""The one training loop every algorithm shares, on `accelerate` and the distributed engine that
+`distributed.strategy` selects (`core/strategy.py`: none, ddp, fsdp2, deepspeed).
 
 Per optimizer step: the algorithm hands over this process's micro-batches; the engine builds the
 step's `Normaliser` from their `counts` summed over all micro-batches and processes (so the loss is
-one mean over the whole accumulated batch) and passes it to every `loss` call, backpropagates each
-micro-batch, all-reduces gradients once (data parallel), clips, and steps AdamW and the schedule. A
-non-finite loss or gradient skips the step with params and optimizer untouched;
-`max_consecutive_skips` in a row abort. With `mixed_precision: fp16` (on a GPU) the loss is scaled by
-a `torch.amp.GradScaler` before backward and the gradients unscaled before clipping, so small
+one mean over the whole accumulated batch) and passes it to every `loss` call, runs each micro-batch's
+loss through the strategy's wrapped module and backpropagates it (DDP all-reduces, FSDP2 reduce-scatters
+the gradients; DDP skips the sync on accumulation steps), clips the global gradient norm, and steps
+AdamW and the schedule. A non-finite loss or gradient skips the step with params and optimizer
+untouched; `max_consecutive_skips` in a row abort. With `mixed_precision: fp16` (on a GPU) the loss is
+scaled by a `torch.amp.GradScaler` before backward and the gradients unscaled before clipping, so small
 gradients do not underflow; an overflow at a scale above 1 is the scaler's (it halves the scale) and
-does not count toward the abort. Logging, evaluation, atomic checkpoints, exact
-resume and the final `save_pretrained` folder live here too.
+does not count toward the abort (DeepSpeed scales fp16 itself). Logging, evaluation, atomic
+checkpoints, exact resume and the final `save_pretrained` folder live here too.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from posttrain.config import plain, to_yaml
+from posttrain.config import ConfigError, plain, to_yaml
 from posttrain.core import checkpoint as ckpt
 from posttrain.core import checkpoint_integrity as integrity
 from posttrain.core.distributed import all_reduce
@@ -47,16 +49,30 @@ def mixed_precision_name(value) -> str:
     raise ValueError(f"mixed_precision: expected no, bf16 or fp16, found {value!r}")
 
 
+def apply_global_batch(cfg, world: int) -> None:
+    """`distributed.global_batch_size` > 0 sets `batch_size` per process; it must divide evenly."""
+    g = cfg.distributed.global_batch_size
+    if g <= 0:
+        return
+    if g % (world * cfg.grad_accum):
+        raise ConfigError(f"distributed.global_batch_size {g} is not divisible by {world} processes x grad_accum "
+                          f"{cfg.grad_accum}; pick a multiple of {world * cfg.grad_accum}")
+    cfg.batch_size = g // (world * cfg.grad_accum)
+
+
 class Engine:
     def __init__(self, cfg, algorithm, model=None, tokenizer=None):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
+        from posttrain.core.strategy import accelerator_kwargs, make_strategy
+
         self.cfg, self.algo = cfg, algorithm
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                                       mixed_precision=mixed_precision_name(cfg.mixed_precision))
+                                       mixed_precision=mixed_precision_name(cfg.mixed_precision),
+                                       **accelerator_kwargs(cfg))
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
         # accelerate builds a GradScaler for fp16 on an accelerator; on CPU fp16 autocast is off altogether
@@ -64,6 +80,8 @@ class Engine:
         if mixed_precision_name(cfg.mixed_precision) == "fp16" and not self.accelerator.native_amp:
             self.say("mixed_precision=fp16 has no effect on this device (no fp16 autocast on CPU): training in "
                      "the model's dtype")
+        self.strategy = make_strategy(cfg, self.accelerator)
+        apply_global_batch(cfg, self.world)
         set_seed(cfg.seed)
         if model is None:
             from posttrain.core.models import load_model
@@ -81,11 +99,31 @@ class Engine:
                 self.say(f"dropout off: {algorithm.name} compares forward passes, which dropout would perturb")
         algorithm.setup(self)
         self._sync_initial_params()
+        self.strategy.wrap(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
+        self.strategy.prepare(self)
+        from posttrain.core.strategy import launcher_mismatch
+
+        if (warning := launcher_mismatch(self.world)) is not None:
+            self.say(warning)
+        self.say(f"world size {self.world}, strategy {self.strategy.describe()}, device {self.device}, "
+                 f"dtype {next(self.model.parameters()).dtype} (mixed precision "
+                 f"{mixed_precision_name(cfg.mixed_precision)}), batch {cfg.batch_size} per process x "
+                 f"{cfg.grad_accum} accumulation x {self.world} processes")
+
+    def reference(self):
+        """The frozen reference policy (`core.models.Reference`), placed by the strategy: a frozen copy is
+        sharded like the policy under fsdp2; LoRA's adapter-disabled base is the policy itself."""
+        from posttrain.core.models import Reference
+
+        ref = Reference(self.model).to(self.device)
+        if not ref.shared:
+            ref._model = self.strategy.wrap_frozen(ref._model)
+        return ref
 
     # ----------------------------------------------------------------- set-up
     def _sync_initial_params(self) -> None:
@@ -121,9 +159,11 @@ class Engine:
             for p in integrity.clean_temp_folders(self.cfg.output_dir, self.ckpt_root):
                 self.say(f"removed {p}, a temp folder left by an interrupted run")
         if self.cfg.resume:
-            found = ckpt.resume_latest(self.ckpt_root, model=self.model, optimizer=self.optimizer,
-                                       scheduler=self.scheduler, rank=self.rank, world=self.world,
-                                       is_main=self.is_main, barrier=self.barrier, log=self.say)
+            from posttrain.core import checkpoint_sharded as sharded
+
+            found = sharded.resume_latest(self.ckpt_root, self.strategy.sharded, model=self.model,
+                                          optimizer=self.optimizer, scheduler=self.scheduler, rank=self.rank,
+                                          world=self.world, is_main=self.is_main, barrier=self.barrier, log=self.say)
             if found is not None:
                 meta, algo_state = found
                 self.step, self.skipped = meta["step"], meta.get("skipped", 0)
@@ -146,13 +186,17 @@ class Engine:
                      f"checkpoints of ~{integrity.mb(need)} each; free some space or point output_dir elsewhere")
 
     def save_checkpoint(self) -> str:
-        return ckpt.save_checkpoint(
-            self.ckpt_root, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-            algo_state=self.algo.state_dict(), config_yaml=to_yaml(self.cfg), is_main=self.is_main,
-            rank=self.rank, barrier=self.barrier, keep=self.cfg.save_total_limit,
-            trainer_state={"skipped": self.skipped, "consecutive_skips": self.consecutive_skips,
-                           "init_abs_max": self.init_abs_max,
-                           "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None})
+        kw = dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                  algo_state=self.algo.state_dict(), config_yaml=to_yaml(self.cfg), is_main=self.is_main,
+                  rank=self.rank, barrier=self.barrier, keep=self.cfg.save_total_limit,
+                  trainer_state={"skipped": self.skipped, "consecutive_skips": self.consecutive_skips,
+                                 "init_abs_max": self.init_abs_max,
+                                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None})
+        if self.strategy.sharded:
+            from posttrain.core import checkpoint_sharded as sharded
+
+            return sharded.save(self.ckpt_root, self.step, world=self.world, **kw)
+        return ckpt.save_checkpoint(self.ckpt_root, self.step, **kw)
 
     # ----------------------------------------------------------------- one step
     def _backward_step(self, micros) -> dict:
@@ -161,10 +205,11 @@ class Engine:
         items, loss_tokens, rows, tokens = all_reduce(local)
         norm = step_normaliser(items, loss_tokens, rows, self.algo.max_len())
         loss_sum, sums = 0.0, {}
-        for m in micros:
-            with self.accelerator.autocast():
-                loss, metrics = self.algo.loss(self.model, m, norm)
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        for i, m in enumerate(micros):
+            with self.strategy.accumulate(i == len(micros) - 1):
+                with self.accelerator.autocast():
+                    loss, metrics = self.strategy.forward(self.algo.loss, m, norm)
+                self.strategy.backward(self.scaler.scale(loss) if self.scaler is not None else loss)
             loss_sum = loss_sum + loss.detach()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else float(v))
@@ -177,24 +222,15 @@ class Engine:
         out["tokens"] = tokens
         return out
 
-    def _sync_grads(self) -> None:
-        if self.world == 1:
-            return
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-
     def train_step(self) -> dict:
         micros = self.algo.micro_batches(self.step)
         metrics = self._backward_step(micros)
-        self._sync_grads()
         scale = None
         if self.scaler is not None:
             scale = float(self.scaler.get_scale())
             self.scaler.unscale_(self.optimizer)
         clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        grad_norm = self.strategy.clip(self.params, clip)
         finite = math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)
         self.last_loss = metrics["loss"]
         # fp16: a finite loss whose scaled gradient overflows is the scale's fault while the scale is above 1
@@ -291,9 +327,10 @@ class Engine:
                                   "it may hold diverged weights already). Lower learning_rate or check the data and "
                                   "mixed precision, then rerun with resume=false to start over")
 
-    def _save_final(self, out: str) -> None:
+    def _save_final(self, out: str, state_dict: dict | None = None) -> None:
+        """`state_dict`: the full weights gathered from a sharded model (fsdp2)."""
         try:
-            save_final(self.model, self.tokenizer, out, merge_lora=self.cfg.lora.merge_on_save)
+            save_final(self.model, self.tokenizer, out, merge_lora=self.cfg.lora.merge_on_save, state_dict=state_dict)
         except Exception as e:
             need = integrity.model_bytes(self.model)
             if integrity.is_disk_full(e, self.cfg.output_dir, 2**20):
@@ -307,8 +344,9 @@ class Engine:
         if not any(s == self.step for s, _ in ckpt.list_checkpoints(self.ckpt_root)):
             self.save_checkpoint()
         self.say(f"{self.skipped} of {self.step} steps were skipped as non-finite")
+        full = self.strategy.full_state_dict()  # collective: every process takes part in the gather
         if self.is_main:
-            self._save_final(os.path.join(c.output_dir, "final"))
+            self._save_final(os.path.join(c.output_dir, "final"), full)
             self.plot()
         self.algo.finish(self)
         self.barrier()

@@ -5,6 +5,8 @@ step (8 x 512 x 152k x 4 bytes = 2.5 GB). Here the decoder runs once, and the ou
 a chunk of positions at a time inside activation checkpointing, so the backward pass recomputes each
 chunk's logits instead of keeping them: peak memory holds one chunk of logits (at most 128 MiB by
 default), never all of them. Small vocabularies fit in one chunk and skip the recomputation.
+Under fsdp2 the whole computation runs inside one forward of the FSDP root (`core.strategy.call_root`):
+the output head is the gathered full weight, never this process's shard.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+from posttrain.core.strategy import call_root
 
 
 def _chunk_logps(head, hidden: Tensor, targets: Tensor, softcap: float | None, temperature: float,
@@ -39,12 +43,17 @@ def auto_chunk(vocab_size: int) -> int:
     return max(1, LOGITS_PER_CHUNK // max(1, vocab_size))
 
 
+def _hidden(model, input_ids, attention_mask, position_ids) -> Tensor:
+    out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=False)
+    return out.last_hidden_state
+
+
 def hidden_states(model, input_ids: Tensor, attention_mask: Tensor | None = None,
                   position_ids: Tensor | None = None) -> Tensor:
-    """Final (normed) hidden states `[B, T, H]` of a causal LM, PEFT-wrapped or not."""
-    decoder = model.get_decoder()
-    out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    return out.last_hidden_state
+    """Final (normed) hidden states `[B, T, H]` of a causal LM, PEFT-wrapped or not (an FSDP2 root is
+    entered through `call_root`, so its own parameters are gathered)."""
+    return call_root(model, _hidden, input_ids, attention_mask, position_ids)
 
 
 def logps_from_hidden(model, hidden: Tensor, input_ids: Tensor, *, chunk_size: int = 0,
@@ -84,7 +93,12 @@ def token_logps(model, input_ids: Tensor, attention_mask: Tensor | None = None, 
     With `with_entropy=True` returns `(logps, entropy)`, entropy of the next-token distribution that
     predicted position t (float32 `[B, T]`, no gradient needed by callers that only log it).
     """
-    hidden = hidden_states(model, input_ids, attention_mask, position_ids)
+    return call_root(model, _token_logps, input_ids, attention_mask, position_ids, chunk_size, temperature,
+                     with_entropy)
+
+
+def _token_logps(model, input_ids, attention_mask, position_ids, chunk_size, temperature, with_entropy):
+    hidden = _hidden(model, input_ids, attention_mask, position_ids)
     logps, entropy = logps_from_hidden(model, hidden, input_ids, chunk_size=chunk_size,
                                        temperature=temperature, with_entropy=with_entropy)
     return (logps, entropy) if with_entropy else logps
@@ -96,3 +110,32 @@ def full_logps_reference(model, input_ids: Tensor, attention_mask: Tensor | None
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits.float()
     lp = F.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     return torch.cat([lp.new_zeros((lp.shape[0], 1)), lp], dim=1)
+
+
+def sequence_logp_sums(model, hidden: Tensor, input_ids: Tensor, mask: Tensor, seq_ids: Tensor, num_seqs: int, *,
+                       chunk_size: int = 0) -> Tensor:
+    """Per-sequence sums of the masked token log-probs, float32 `[num_seqs]`; the head runs ONLY where
+    `mask` scores a token (no logits for prompt or padding positions).
+
+    `hidden` `[B, T, H]` from `hidden_states`; `mask` `[B, T]` (token-aligned: position t scores
+    input_ids[:, t], predicted from hidden[:, t - 1]); `seq_ids` `[B, T]` long, the sequence each
+    position belongs to (a padded batch: its row; a packed row: 0, 1, ... per packed sequence).
+    Equal to `(token_logps(...) * mask)` summed per sequence; a position whose predecessor lies in
+    another packed sequence must have mask 0 (a sequence's first token never scores).
+    """
+    h = hidden.shape[-1]
+    sel = torch.nonzero(mask[:, 1:].reshape(-1), as_tuple=True)[0]        # scored positions (shifted)
+    flat_h = hidden[:, :-1].reshape(-1, h).index_select(0, sel)
+    targets = input_ids[:, 1:].reshape(-1).index_select(0, sel)
+    weights = mask[:, 1:].reshape(-1).index_select(0, sel).float()
+    owners = seq_ids[:, 1:].reshape(-1).index_select(0, sel)
+    head = model.get_output_embeddings()
+    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    step = chunk_size if chunk_size > 0 else auto_chunk(head.weight.shape[0])
+    recompute = torch.is_grad_enabled() and flat_h.requires_grad and flat_h.shape[0] > step
+    pieces = []
+    for s in range(0, flat_h.shape[0], step):
+        args = (head, flat_h[s:s + step], targets[s:s + step], softcap, 1.0, False)
+        pieces.append((checkpoint(_chunk_logps, *args, use_reentrant=False) if recompute else _chunk_logps(*args))[0])
+    lp = torch.cat(pieces) if pieces else flat_h.new_zeros((0,), dtype=torch.float32)
+    return lp.new_zeros(num_seqs).index_add(0, owners, lp * weights)

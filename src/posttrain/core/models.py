@@ -133,6 +133,11 @@ class Reference:
         self._shared = is_peft(model)
         self._model = model if self._shared else copy.deepcopy(model).eval().requires_grad_(False)
 
+    @property
+    def shared(self) -> bool:
+        """True when the reference is the policy itself with its LoRA adapter disabled (no copy)."""
+        return self._shared
+
     @contextlib.contextmanager
     def model(self):
         """Yields a module whose forward is the reference; gradients off."""
@@ -154,19 +159,24 @@ class Reference:
         return self
 
 
-def save_final(model, tokenizer, out_dir: str, *, merge_lora: bool = False) -> str:
+def save_final(model, tokenizer, out_dir: str, *, merge_lora: bool = False, state_dict: dict | None = None) -> str:
     """Write `out_dir` atomically in `save_pretrained` form (safetensors + tokenizer + chat template).
 
     A LoRA model is merged into its base when `merge_lora`, else saved as a PEFT adapter folder (which
     `peft.AutoPeftModelForCausalLM.from_pretrained` loads; transformers loads it too when peft is installed).
+    `state_dict`: the full weights gathered from a sharded model (fsdp2), saved instead of the module's own.
     """
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".final-", dir=parent)
     to_save = model
     if is_peft(model) and merge_lora:
+        if state_dict is not None:
+            raise ValueError("lora.merge_on_save is not supported with distributed.strategy=fsdp2; save the adapter "
+                             "(merge_on_save=false) and merge it afterwards with peft's merge_and_unload")
         to_save = copy.deepcopy(model).merge_and_unload()
-    to_save.save_pretrained(tmp, safe_serialization=True)
+    kw = {"state_dict": state_dict} if state_dict is not None else {}
+    to_save.save_pretrained(tmp, safe_serialization=True, **kw)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     old = out_dir + ".old"

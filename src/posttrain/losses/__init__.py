@@ -19,6 +19,7 @@ from posttrain.losses.policy import (
 )
 from posttrain.losses.preference import (
     DPO_LOSSES,
+    bind_dpo_loss,
     bradley_terry_loss,
     hinge_dpo,
     ipo,
@@ -30,7 +31,7 @@ from posttrain.losses.reduce import Normaliser, masked_mean, masked_sum
 from posttrain.losses.sft import SFT_LOSSES, dft_loss, neg_log_one_minus_p, nll_loss, unlikelihood_loss
 
 __all__ = [
-    "AGGREGATIONS", "DPO_LOSSES", "SFT_LOSSES", "Normaliser",
+    "AGGREGATIONS", "DPO_LOSSES", "SFT_LOSSES", "Normaliser", "bind_dpo_loss",
     "bnpo_aggregate", "bradley_terry_loss", "dapo_aggregate", "dft_loss", "dr_grpo_aggregate", "gae",
     "grpo_aggregate", "group_advantages", "hinge_dpo", "ipo", "kl_k1", "kl_k2", "kl_k3", "leave_one_out",
     "masked_mean", "masked_sum", "neg_log_one_minus_p", "nll_loss", "ppo_clip_loss", "robust_dpo",

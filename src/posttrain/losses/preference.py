@@ -1,12 +1,15 @@
 """Preference losses: the Bradley-Terry reward-model loss and DPO with its variants.
 
 Shapes: `[P]` = one value per preference pair (chosen row i paired with rejected row i). Sequence
-log-probs (`*_logps`) are SUMS of token log-probs over the response. The DPO variants share one
-signature so the DPO algorithm picks one from `DPO_LOSSES` once:
+log-probs (`*_logps`) are SUMS of token log-probs over the response. The DPO variants are rows of
+`DPO_LOSSES = {name: (function, needs_reference)}`; each function takes only its own parameters:
 
-    fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps | None, ref_rejected_logps | None,
-       *, beta, label_smoothing=0.0, simpo_gamma=0.5, chosen_lengths=None, rejected_lengths=None)
+    fn(policy_chosen_logps, policy_rejected_logps[, ref_chosen_logps, ref_rejected_logps],   # refs iff needed
+       *, beta, [its own settings: label_smoothing, simpo_gamma, chosen_lengths, rejected_lengths])
         -> (per-pair losses [P], chosen_rewards [P] detached, rejected_rewards [P] detached)
+
+`bind_dpo_loss(name, **settings)` binds a variant's settings once (the DPO trainer does it when it is
+built) into one calling form for all. Adding a variant = one function, one row, one test.
 
 The caller reduces the per-pair losses as `sum(weight * losses) / num_items` (step-wide count).
 Sign convention: `h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)`, the
@@ -15,6 +18,8 @@ log-ratio difference; h > 0 means the policy prefers the chosen response more th
 from __future__ import annotations
 
 from typing import Callable
+
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -69,12 +74,6 @@ def _logratio_diff(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     return policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
 
 
-def _no_smoothing(label_smoothing: float, loss_name: str) -> None:
-    if label_smoothing:
-        raise ValueError(f"label_smoothing={label_smoothing} is not defined for DPO loss '{loss_name}' "
-                         "(use 'sigmoid' for cDPO or 'robust')")
-
-
 def _positive_lengths(lengths: Tensor | None, name: str, loss_name: str) -> Tensor:
     if lengths is None:
         raise ValueError(f"DPO loss '{loss_name}' needs {name} [P] (response token counts), got None")
@@ -91,17 +90,15 @@ def _conservative_logsigmoid(z: Tensor, label_smoothing: float, loss_name: str) 
 
 
 def sigmoid_dpo(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
-                ref_chosen_logps: Tensor | None, ref_rejected_logps: Tensor | None, *, beta: float,
-                label_smoothing: float = 0.0, simpo_gamma: float = 0.5, chosen_lengths: Tensor | None = None,
-                rejected_lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                ref_chosen_logps: Tensor, ref_rejected_logps: Tensor, *, beta: float,
+                label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """DPO (Rafailov et al. 2023, eq. 7): `loss = -log sigmoid(beta * h)`.
 
     With `label_smoothing = eps > 0` it is conservative DPO (cDPO, Mitchell 2023, "A note on DPO with
     noisy preferences"): `-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)`, i.e. the preference
     label is flipped with probability eps. (TRL 1.16's `sigmoid` ignores `label_smoothing`; its cDPO form
-    survives only in its `aot` losses. Older TRL versions applied it to `sigmoid` as here.) Equals log 2 when the policy equals the reference.
-    Shapes: all `[P]`. `simpo_gamma` and the lengths are ignored.
-    Rewards: `beta * (policy - ref)` for chosen and rejected, detached.
+    survives only in its `aot` losses; older TRL applied it to `sigmoid` as here.) Equals log 2 when the
+    policy equals the reference. Shapes: all `[P]`. Rewards: `beta * (policy - ref)`, detached.
     """
     chosen_lr, rejected_lr = _logratio_diff(policy_chosen_logps, policy_rejected_logps,
                                             ref_chosen_logps, ref_rejected_logps, "sigmoid")
@@ -110,16 +107,15 @@ def sigmoid_dpo(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
 
 
 def robust_dpo(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
-               ref_chosen_logps: Tensor | None, ref_rejected_logps: Tensor | None, *, beta: float,
-               label_smoothing: float = 0.0, simpo_gamma: float = 0.5, chosen_lengths: Tensor | None = None,
-               rejected_lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+               ref_chosen_logps: Tensor, ref_rejected_logps: Tensor, *, beta: float,
+               label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """Robust DPO (Chowdhury et al. 2024, "Provably Robust DPO", its unbiased loss; TRL's `robust`),
     with `eps = label_smoothing` the assumed label-flip rate, `0 <= eps < 0.5`:
 
         loss = [ (1 - eps) * -log sigmoid(beta h) + eps * log sigmoid(-beta h) ] / (1 - 2 eps)
 
     Unbiased for the clean-label DPO loss under flips; eps = 0 gives plain DPO. Shapes: `[P]`.
-    `simpo_gamma` and the lengths are ignored. Rewards: `beta * (policy - ref)`, detached.
+    Rewards: `beta * (policy - ref)`, detached.
     """
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"robust DPO needs 0 <= label_smoothing < 0.5, got {label_smoothing}")
@@ -132,9 +128,8 @@ def robust_dpo(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
 
 
 def ipo(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
-        ref_chosen_logps: Tensor | None, ref_rejected_logps: Tensor | None, *, beta: float,
-        label_smoothing: float = 0.0, simpo_gamma: float = 0.5, chosen_lengths: Tensor | None = None,
-        rejected_lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        ref_chosen_logps: Tensor, ref_rejected_logps: Tensor, *, beta: float,
+        chosen_lengths: Tensor | None = None, rejected_lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
     Preferences", the empirical IPO loss with tau = beta):
     `loss = (h - 1 / (2 beta))^2`.
@@ -144,9 +139,8 @@ def ipo(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     scale of 1 / (2 beta) for long responses; when they are None, the paper's summed log-probs are used.
     The rewards returned are `beta * (policy - ref)` on the SUMMED log-probs either way, detached, as TRL
     logs them (`rewards/*` then mean the same thing for every DPO variant; only the loss averages).
-    `label_smoothing` must be 0; `simpo_gamma` is ignored. Shapes: `[P]`.
+    Shapes: `[P]`.
     """
-    _no_smoothing(label_smoothing, "ipo")
     chosen_lr, rejected_lr = _logratio_diff(policy_chosen_logps, policy_rejected_logps,
                                             ref_chosen_logps, ref_rejected_logps, "ipo")
     if (chosen_lengths is None) != (rejected_lengths is None):
@@ -161,28 +155,23 @@ def ipo(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
 
 
 def hinge_dpo(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
-              ref_chosen_logps: Tensor | None, ref_rejected_logps: Tensor | None, *, beta: float,
-              label_smoothing: float = 0.0, simpo_gamma: float = 0.5, chosen_lengths: Tensor | None = None,
-              rejected_lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+              ref_chosen_logps: Tensor, ref_rejected_logps: Tensor, *, beta: float) -> tuple[Tensor, Tensor, Tensor]:
     """Hinge loss of SLiC (Zhao et al. 2023, "SLiC-HF", the rank-calibration hinge
     max(0, delta - h)), on the log-ratios as TRL's `hinge`: `loss = relu(1 - beta * h)`
     = beta * relu(1/beta - h), i.e. SLiC's hinge with margin delta = 1 / beta, scaled by beta.
 
     Departure from SLiC: the reference log-probs enter through h (SLiC-HF compares raw policy
-    log-probs and adds a separate regulariser). `label_smoothing` must be 0; `simpo_gamma` and the
-    lengths are ignored. Shapes: `[P]`. Rewards: `beta * (policy - ref)`, detached.
+    log-probs and adds a separate regulariser). Shapes: `[P]`. Rewards: `beta * (policy - ref)`, detached.
     """
-    _no_smoothing(label_smoothing, "hinge")
     chosen_lr, rejected_lr = _logratio_diff(policy_chosen_logps, policy_rejected_logps,
                                             ref_chosen_logps, ref_rejected_logps, "hinge")
     losses = torch.relu(1.0 - beta * (chosen_lr - rejected_lr))
     return losses, (beta * chosen_lr).detach(), (beta * rejected_lr).detach()
 
 
-def simpo(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
-          ref_chosen_logps: Tensor | None, ref_rejected_logps: Tensor | None, *, beta: float,
-          label_smoothing: float = 0.0, simpo_gamma: float = 0.5, chosen_lengths: Tensor | None = None,
-          rejected_lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def simpo(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, *, beta: float,
+          chosen_lengths: Tensor | None, rejected_lengths: Tensor | None, simpo_gamma: float = 0.5,
+          label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """SimPO (Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward",
     eq. 6), reference-free:
 
@@ -190,8 +179,8 @@ def simpo(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
 
     gamma is the paper's target reward margin, in reward units (TRL CPOTrainer's `simpo_gamma` means
     the same). `label_smoothing = eps` smooths as in cDPO (as TRL does).
-    The reference arguments are ignored and may be None. `chosen_lengths`, `rejected_lengths` `[P]`
-    (response token counts) are required. Shapes: `[P]`.
+    No reference. `chosen_lengths`, `rejected_lengths` `[P]` (response token counts) are required.
+    Shapes: `[P]`.
     Rewards: `beta * logp / length` (the implicit SimPO reward), detached.
     """
     chosen_len = _positive_lengths(chosen_lengths, "chosen_lengths", "simpo")
@@ -203,10 +192,39 @@ def simpo(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     return losses, (beta * chosen_avg).detach(), (beta * rejected_avg).detach()
 
 
-DPO_LOSSES: dict[str, DPOLoss] = {
-    "sigmoid": sigmoid_dpo,
-    "ipo": ipo,
-    "hinge": hinge_dpo,
-    "robust": robust_dpo,
-    "simpo": simpo,
+# name -> (function, needs_reference). A new variant is one function and one row here.
+DPO_LOSSES: dict[str, tuple[DPOLoss, bool]] = {
+    "sigmoid": (sigmoid_dpo, True),
+    "ipo": (ipo, True),
+    "hinge": (hinge_dpo, True),
+    "robust": (robust_dpo, True),
+    "simpo": (simpo, False),
 }
+LENGTHS = ("chosen_lengths", "rejected_lengths")
+
+
+def bind_dpo_loss(name: str, **settings) -> tuple[Callable[..., tuple[Tensor, Tensor, Tensor]], bool]:
+    """Variant `name` of `DPO_LOSSES` with the `settings` its function takes bound once, and whether it
+    needs the reference. The bound form is the same for every variant:
+
+        fn(policy_chosen, policy_rejected, ref_chosen | None, ref_rejected | None, chosen_lengths, rejected_lengths)
+
+    (a reference-free variant ignores the reference, a variant without lengths ignores them). A non-zero
+    `label_smoothing` for a variant that does not define it is a `ValueError`; other settings a
+    variant does not take (e.g. `simpo_gamma` for sigmoid) are left out."""
+    if name not in DPO_LOSSES:
+        raise ValueError(f"loss: expected one of {sorted(DPO_LOSSES)}, found '{name}'")
+    fn, needs_ref = DPO_LOSSES[name]
+    taken = inspect.signature(fn).parameters
+    if settings.get("label_smoothing") and "label_smoothing" not in taken:
+        raise ValueError(f"label_smoothing={settings['label_smoothing']} is not defined for DPO loss '{name}' "
+                         "(use 'sigmoid' for cDPO, 'robust' or 'simpo')")
+    bound = {k: v for k, v in settings.items() if k in taken}
+    with_lengths = all(k in taken for k in LENGTHS)
+
+    def loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_lengths, rejected_lengths):
+        refs = (ref_chosen, ref_rejected) if needs_ref else ()
+        lengths = dict(zip(LENGTHS, (chosen_lengths, rejected_lengths))) if with_lengths else {}
+        return fn(policy_chosen, policy_rejected, *refs, **bound, **lengths)
+
+    return loss, needs_ref

@@ -43,6 +43,12 @@ def score_head(model):
 
 def sequence_rewards(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """float32 rewards `[N]`: the head on the hidden state of each row's last real token (right padding)."""
+    from posttrain.core.strategy import call_root
+
+    return call_root(model, _sequence_rewards, input_ids, attention_mask)
+
+
+def _sequence_rewards(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     hidden = hidden_states(model, input_ids, attention_mask)                   # [N, T, H]
     last = attention_mask.long().sum(-1) - 1                                   # [N]
     h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]      # [N, H]

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from posttrain.core.strategy import gathered
+
 from .base import Rollouts, SamplingParams, check_prompts, cut_at_stop
 
 
@@ -47,6 +49,17 @@ def filter_top_k_top_p(scores: Tensor, top_k: int, top_p: float) -> Tensor:
     return scores
 
 
+def draw(probs: Tensor, generator: torch.Generator) -> Tensor:
+    """One index per row of `probs` [A, V] (rows need not be normalised), by inverse CDF: u ~ U[0, 1) per
+    row, the first index whose cumulative mass exceeds u * total. The same categorical distribution as
+    `torch.multinomial(probs, 1)`, at a fraction of its CPU cost (A uniforms instead of A x V exponentials);
+    a zero-probability index is never drawn (its cumulative mass equals its predecessor's)."""
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
+    top = (cdf < cdf[:, -1:]).sum(-1, keepdim=True)  # where the mass reaches its total (u * total may round up)
+    return torch.minimum(torch.searchsorted(cdf, u * cdf[:, -1:], right=True), top).squeeze(1)
+
+
 def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Draw one token per row of `logits` [A, V] (float32). Returns (tokens [A] long, logps [A]).
 
@@ -59,7 +72,7 @@ def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generat
         scaled = logits / params.temperature
         logps = torch.log_softmax(scaled, dim=-1)
         probs = filter_top_k_top_p(scaled, params.top_k, params.top_p).softmax(dim=-1)
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        tokens = draw(probs, generator)
     return tokens, logps.gather(1, tokens[:, None]).squeeze(1)
 
 
@@ -177,7 +190,7 @@ class HFBackend:
         per_chunk = max(1, self.batch_size // n)
         completions: list[list[int]] = []
         logps: list[list[float]] = []
-        with eval_mode(self.model):
+        with eval_mode(self.model), gathered(self.model):  # fsdp2: each layer gathered once, not per token
             for start in range(0, len(prompt_ids), per_chunk):
                 ids, lps = self._generate_chunk(prompt_ids[start:start + per_chunk], n, params, generator)
                 completions += ids

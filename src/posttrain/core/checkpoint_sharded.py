@@ -1,0 +1,196 @@
+"""Sharded checkpoints (fsdp2) with `torch.distributed.checkpoint` (DCP), and resume across world sizes.
+
+A sharded checkpoint is `checkpoints/step-NNNNNNNN/` like a full one (`core/checkpoint.py`), except that
+the model and optimizer live in `dcp/` (each process writes its own shard, `__R_0.distcp`, and the main
+process the `.metadata`) instead of `model.safetensors` / `optimizer.pt`:
+  dcp/                      model + optimizer state, keyed by parameter name (DCP reshards on load)
+  scheduler.json, config.yaml, trainer.json (step, counters, world size, every file with its size)
+  rng-rank{R}.pt            each process's RNG state
+  algorithm.pt, algorithm-rank{R}.pt   the algorithm's state of process 0, and of every other process
+  COMPLETE                  written last, by process 0, after EVERY process finished writing
+The folder is written as `.tmp-step-N` and renamed into place, so a kill at any moment leaves either the
+previous checkpoints or a complete new one.
+
+Loading works at any world size: DCP reads whatever shards the saving processes wrote into the loading
+processes' shards (2 -> 1: into a plain model; 1 -> 2: a full `model.safetensors` checkpoint is read into
+the sharded model). A process with no RNG file of its own (more processes than at save) keeps its seeded
+RNG and says so.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import torch
+
+from posttrain.core import checkpoint as ckpt
+from posttrain.core.checkpoint import (CheckpointError, _fsync_dir, latest_complete, list_checkpoints, rng_state,
+                                       set_rng_state)
+
+DCP_DIR = "dcp"
+
+
+def is_sharded(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, DCP_DIR))
+
+
+def _files(root: str) -> dict[str, int]:
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            full = os.path.join(dirpath, n)
+            out[os.path.relpath(full, root)] = os.path.getsize(full)
+    return dict(sorted(out.items()))
+
+
+def _algo_file(rank: int) -> str:
+    return "algorithm.pt" if rank == 0 else f"algorithm-rank{rank}.pt"
+
+
+def save(ckpt_root: str, step: int, *, model, optimizer, scheduler, algo_state: dict, trainer_state: dict,
+         config_yaml: str, is_main: bool, rank: int, world: int, barrier, keep: int = 2) -> str:
+    """Write sharded checkpoint `step` atomically; every process calls this (it is collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final = os.path.join(ckpt_root, f"step-{step:08d}")
+    tmp = os.path.join(ckpt_root, f".tmp-step-{step:08d}")
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    barrier()
+    torch.save(rng_state(), os.path.join(tmp, f"rng-rank{rank}.pt"))
+    torch.save(algo_state, os.path.join(tmp, _algo_file(rank)))
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=os.path.join(tmp, DCP_DIR))
+    for name in os.listdir(tmp):
+        if name.startswith(("rng-rank", "algorithm")):
+            with open(os.path.join(tmp, name), "rb") as fh:
+                os.fsync(fh.fileno())
+    barrier()  # every process's shard and files are on disk before the marker
+    if is_main:
+        with open(os.path.join(tmp, "scheduler.json"), "w") as f:
+            json.dump(scheduler.state_dict(), f)
+        with open(os.path.join(tmp, "config.yaml"), "w") as f:
+            f.write(config_yaml)
+        for name, _ in _files(tmp).items():
+            with open(os.path.join(tmp, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        files = _files(tmp)
+        with open(os.path.join(tmp, "trainer.json"), "w") as f:
+            json.dump({**trainer_state, "step": step, "world_size": world, "format": "dcp", "files": files}, f,
+                      indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(os.path.join(tmp, "COMPLETE"), "w") as f:
+            f.write(f"{step}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(os.path.join(tmp, DCP_DIR))
+        _fsync_dir(tmp)
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(ckpt_root)
+        for _, old in list_checkpoints(ckpt_root)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def _meta(path: str) -> dict:
+    meta_path = os.path.join(path, "trainer.json")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} is complete but trainer.json is missing") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_path} is truncated or corrupt: {e}") from None
+    for name, size in meta["files"].items():
+        fp = os.path.join(path, name)
+        if not os.path.exists(fp):
+            raise CheckpointError(f"checkpoint file missing: {fp}")
+        if os.path.getsize(fp) != size:
+            raise CheckpointError(f"checkpoint file truncated: {fp} has {os.path.getsize(fp)} bytes, expected {size}")
+    return meta
+
+
+def _load_dcp(path: str, model, optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optimizer": optim_sd}
+    try:
+        dcp.load(state, checkpoint_id=os.path.join(path, DCP_DIR))
+    except Exception as e:
+        raise CheckpointError(f"cannot read {os.path.join(path, DCP_DIR)}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def _load_full_into_sharded(path: str, model, optimizer) -> None:
+    """A full checkpoint (`model.safetensors` + index-keyed `optimizer.pt`) into a sharded model."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    full = load_file(os.path.join(path, "model.safetensors"))
+    opts = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, full, options=opts)
+    saved = torch.load(os.path.join(path, "optimizer.pt"), weights_only=True)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    groups, offset = [], 0
+    for g in saved["param_groups"]:
+        groups.append({**g, "params": [names[i] for i in g["params"]]})
+        offset += len(g["params"])
+    if offset != len(names):
+        raise CheckpointError(f"{path}/optimizer.pt holds {offset} parameters, the model trains {len(names)}")
+    by_name = {"state": {names[i]: s for i, s in saved["state"].items()}, "param_groups": groups}
+    set_optimizer_state_dict(model, optimizer, by_name, options=opts)
+
+
+def load(path: str, *, model, optimizer, scheduler, rank: int, world: int) -> tuple[dict, dict]:
+    """Restore a sharded (DCP) or full checkpoint into `model` (sharded or not), any world size."""
+    meta = _meta(path)
+    if is_sharded(path):
+        _load_dcp(path, model, optimizer)
+    else:
+        _load_full_into_sharded(path, model, optimizer)
+    with open(os.path.join(path, "scheduler.json")) as f:
+        scheduler.load_state_dict(json.load(f))
+    saved_world = int(meta.get("world_size", 0)) or sum(n.startswith("rng-rank") for n in meta["files"])
+    rng_file = os.path.join(path, f"rng-rank{rank}.pt")
+    if os.path.exists(rng_file):
+        set_rng_state(torch.load(rng_file, weights_only=True))
+    else:
+        print(f"[posttrain] rank {rank}: {path} was written by {saved_world} process(es); no RNG state for this "
+              f"rank, keeping its seeded RNG", file=sys.stderr)
+    algo_file = os.path.join(path, _algo_file(rank))
+    if not os.path.exists(algo_file):
+        algo_file = os.path.join(path, "algorithm.pt")
+    algo_state = torch.load(algo_file, weights_only=True)
+    if rank == 0:
+        note = f", written by {saved_world} processes, now {world}" if saved_world != world else ""
+        print(f"[posttrain] resumed from {path} (step {meta['step']}{note})", file=sys.stderr)
+    return meta, algo_state
+
+
+def resume_latest(ckpt_root: str, sharded_model: bool, *, model, optimizer, scheduler, rank: int, world: int,
+                  is_main: bool, barrier, log) -> tuple[dict, dict] | None:
+    """The newest checkpoint that verifies, loaded: a sharded one (or any one into a sharded model) here,
+    a full one into a plain model by `core.checkpoint.resume_latest` (with its corrupt-checkpoint fallback)."""
+    path = latest_complete(ckpt_root, log=lambda _msg: None)
+    if path is None or not (sharded_model or is_sharded(path)):
+        return ckpt.resume_latest(ckpt_root, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank,
+                                  world=world, is_main=is_main, barrier=barrier, log=log)
+    if is_main:
+        ckpt.select_verified(ckpt_root, log)  # checks every file's size (and checksum when recorded)
+    barrier()
+    path = latest_complete(ckpt_root, log=lambda _msg: None)
+    if path is None:
+        return None
+    return load(path, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank, world=world)
