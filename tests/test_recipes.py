@@ -6,7 +6,8 @@ import zipfile
 
 import pytest
 
-from posttrain.cli import TRAINERS, _register_optional, main
+from posttrain.algorithms import TRAINERS, load_trainer
+from posttrain.cli import main
 from posttrain.config import ConfigError, load_config, recipe_names, recipe_path, recipes_dir
 
 import posttrain
@@ -19,8 +20,7 @@ def test_recipes_live_in_the_package_and_each_loads_strictly():
     assert os.path.dirname(recipes_dir()) == os.path.dirname(os.path.abspath(posttrain.__file__))
     names = recipe_names()
     assert {"sft-tiny", "rm-tiny", "dpo-tiny", "ppo-tiny", "grpo-tiny"} <= set(names)
-    _register_optional()
-    configs = [TRAINERS[t]()[0] for t in TRAINERS]
+    configs = [load_trainer(t)[0] for t in TRAINERS]
     for name in names:  # each recipe is some trainer's config, strictly (an unknown key raises ConfigError)
         errors = []
         for cls in configs:
