@@ -74,3 +74,20 @@ def test_pretraining_plot_is_titled_as_pretraining(tmp_path, monkeypatch):
     assert pretrain_plot(str(base), str(tmp_path / "p.png")) == str(tmp_path / "p.png")
     assert seen["title"].startswith("pretraining the base model") and seen["title"].endswith(": tiny-3")
     assert pretrain_plot(str(tmp_path / "none"), str(tmp_path / "q.png")) is None
+
+
+def test_grpo_signal_says_why_a_stage_barely_learns(tmp_path):
+    import json
+
+    from posttrain.report.report import grpo_signal
+
+    out = tmp_path / "grpo"
+    out.mkdir()
+    rows = [{"step": s, "reward/total/mean": 0.02 if s <= 10 else 0.03, "frac_zero_std_groups": 0.9}
+            for s in range(1, 21)]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = {"stages": [{"name": "grpo", "status": "ran", "output_dir": str(out)}]}
+    text = grpo_signal(results)
+    assert text.startswith("GRPO's sampled reward: 0.020 over its first 10 logged steps, 0.030 over its last; 90%")
+    assert "too rarely" in text
+    assert grpo_signal({"stages": [{"name": "grpo", "status": "failed", "output_dir": str(out)}]}) is None

@@ -52,6 +52,29 @@ def stage_table(results: dict) -> list[list[str]]:
     return rows
 
 
+def grpo_signal(results: dict, window: int = 10) -> str | None:
+    """What GRPO had to learn from, from its metrics.jsonl: the sampled reward early and late, and the share
+    of prompt groups whose samples all scored alike (zero advantage: such a group teaches nothing)."""
+    stage = next((s for s in results["stages"] if s["name"] == "grpo" and s["status"] == "ran"), None)
+    path = os.path.join((stage or {}).get("output_dir") or "", "metrics.jsonl")
+    if stage is None or not os.path.exists(path):
+        return None
+    rows = [r for r in _read_jsonl(path) if isinstance(r.get("reward/total/mean"), (int, float))]
+    zero = [r["frac_zero_std_groups"] for r in rows if isinstance(r.get("frac_zero_std_groups"), (int, float))]
+    if not rows or not zero:
+        return None
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    early, late = (mean([r["reward/total/mean"] for r in part]) for part in (rows[:window], rows[-window:]))
+    z = mean(zero)
+    text = (f"GRPO's sampled reward: {fmt(early)} over its first {min(window, len(rows))} logged steps, {fmt(late)} "
+            f"over its last; {z:.0%} of the prompt groups had every sample scored alike (zero advantage, no "
+            "gradient).")
+    if z > 0.5:
+        text += (" Most groups were like that: the policy samples a rewarded answer too rarely (or always) for "
+                 "GRPO to have anything to compare, and GRPO can only reinforce what it sometimes gets right.")
+    return text
+
+
 PROXY_KEYS = (("review/rm_reward", "RM score (proxy)"), ("review/gold_reward", "gold review reward"),
               ("review/honest_rate", "honest"), ("review/sycophancy_rate", "sycophancy"),
               ("review/false_alarm_rate", "false alarm"), ("kl_to_init", "KL to SFT"))
@@ -236,7 +259,9 @@ def write_report(out_dir: str, results: dict) -> dict[str, str]:
           *[f"- {d}" for d in DEFINITIONS], "",
           "## Proxy vs gold after SFT (reward hacking check)", "", _md_table(proxy_vs_gold(results)), "",
           "## Reward model (held-out preference pairs)", "", _md_table(_rm_rows(results)), "",
-          "## Stages", "", _md_table(stage_table(results)), "", "## Plots", ""]
+          "## Stages", "", _md_table(stage_table(results)), "", *([grpo_signal(results), ""]
+                                                                     if grpo_signal(results) else []),
+          "## Plots", ""]
     md += [f"![{t}]({os.path.relpath(p, out_dir)})" for t, p in plots]
     md += ["", "## Sample completions (greedy)", ""]
     for n, p, c in samples:
@@ -267,7 +292,8 @@ def _html(results: dict, checks, plots, samples) -> str:
              "<ul>" + "".join(f"<li>{html.escape(d).replace('**', '')}</li>" for d in DEFINITIONS) + "</ul>",
              "<h2>Proxy vs gold after SFT (reward hacking check)</h2>", _html_table(proxy_vs_gold(results)),
              "<h2>Reward model (held-out preference pairs)</h2>", _html_table(_rm_rows(results)),
-             "<h2>Stages</h2>", _html_table(stage_table(results)), "<h2>Plots</h2>"]
+             "<h2>Stages</h2>", _html_table(stage_table(results)),
+             f"<p>{html.escape(grpo_signal(results) or '')}</p>", "<h2>Plots</h2>"]
     parts += [f"<h3>{html.escape(t)}</h3><img src='{_img(p)}' alt='{html.escape(t)}'>" for t, p in plots]
     parts.append("<h2>Sample completions (greedy)</h2>")
     parts += [f"<p><b>{html.escape(n)}</b></p><pre>{html.escape(p)}</pre><p>→</p><pre>{html.escape(c)}</pre>"
