@@ -63,6 +63,12 @@ def summarize(name: str, trl: list[dict], ours: list[dict]) -> dict:
     # per-step time is the robust figure when the work per step differs slightly (GRPO's sampled lengths)
     s["step_speedup"] = round(s["trl_median_step_s"] / s["ours_median_step_s"], 3)
     s["memory_ratio"] = round(s["ours_peak_rss_mib"] / s["trl_peak_rss_mib"], 3)
+    # CPU seconds per step (self_cores * train_s / steps): what the work costs, nearly blind to other processes
+    # taking the cores away (wall-clock figures are not); the figure to read on a busy machine, with 1 thread
+    cpu = lambda rows: statistics.median(r["self_cores"] * r["train_s"] / r["steps"] for r in rows)  # noqa: E731
+    if all("self_cores" in r for r in trl + ours):
+        s["trl_cpu_s_per_step"], s["ours_cpu_s_per_step"] = round(cpu(trl), 4), round(cpu(ours), 4)
+        s["cpu_speedup"] = round(s["trl_cpu_s_per_step"] / s["ours_cpu_s_per_step"], 3)
     # cores other processes used during a run (the harness counts a run with >= 0.2 as not clean)
     others = [r["other_cores"] for r in trl + ours if "other_cores" in r]
     s["max_other_cores"] = max(others) if others else None

@@ -59,7 +59,7 @@ def test_online_dpo_starts_at_log2_and_raises_the_reward(tiny_model_dir, tmp_pat
     assert all("pairs_tied" in row and "reward_gap" in row for row in _metrics(cfg.output_dir))
 
 
-@pytest.mark.parametrize("which", ["online_dpo", "gkd"])
+@pytest.mark.parametrize("which", ["online_dpo", pytest.param("gkd", marks=pytest.mark.slow)])
 def test_resume_is_exact(tiny_model_dir, tmp_path, student_dir, which):
     def run(out, steps):
         if which == "online_dpo":

@@ -226,3 +226,23 @@ def test_greedy_tokens_equal_transformers_generate(tiny, prompts):
                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
         ref = ref[:ref.index(tok.eos_token_id) + 1] if tok.eos_token_id in ref else ref
         assert out.completion_ids[2 * i] == out.completion_ids[2 * i + 1] == ref, i
+
+
+def test_preallocated_kv_layer_holds_what_a_dynamic_layer_holds():
+    from transformers.cache_utils import DynamicLayer
+
+    from posttrain.rollout.kv_cache import GrowingLayer
+
+    g = torch.Generator().manual_seed(0)
+    grow, dyn = GrowingLayer(capacity=3), DynamicLayer()   # capacity 3 < 7 positions: the buffer must grow
+    steps = [(2, 4), (1, 4), (1, 8), (1, 8), (2, 8), (1, 3)]  # (new positions, batch): prefill, decode, repeat, select
+    for i, (t, b) in enumerate(steps):
+        if i == 2:
+            grow.batch_repeat_interleave(2), dyn.batch_repeat_interleave(2)
+        if i == 5:
+            keep = torch.tensor([0, 3, 6])
+            grow.batch_select_indices(keep), dyn.batch_select_indices(keep)
+        k, v = torch.randn(b, 2, t, 5, generator=g), torch.randn(b, 2, t, 5, generator=g)
+        for a, e in zip(grow.update(k, v), dyn.update(k, v)):
+            assert torch.equal(a, e), i
+    assert grow.get_seq_length() == dyn.get_seq_length() == 8
