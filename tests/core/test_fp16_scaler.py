@@ -44,7 +44,7 @@ def _engine(tiny_model_dir, tmp_path, fp16: bool, scaler=None, **kw):
     eng = Engine(cfg, _TinyLoss(cfg))
     if fp16:  # what accelerate does on a GPU, here on CPU
         eng.accelerator.autocast = lambda: torch.autocast("cpu", dtype=torch.float16)
-        eng.scaler = scaler
+        eng.loss_scale.scaler = scaler
     grads = {}
     eng.optimizer.register_step_pre_hook(
         lambda opt, a, k: grads.update({id(p): p.grad.clone() for p in eng.params if p.grad is not None}))
@@ -53,7 +53,7 @@ def _engine(tiny_model_dir, tmp_path, fp16: bool, scaler=None, **kw):
 
 def test_fp16_on_cpu_says_it_has_no_effect(tiny_model_dir, tmp_path, capsys):
     eng, _ = _engine(tiny_model_dir, tmp_path, fp16=False, mixed_precision="fp16")
-    assert eng.scaler is None and "mixed_precision=fp16 has no effect" in capsys.readouterr().err
+    assert eng.loss_scale.scaler is None and "mixed_precision=fp16 has no effect" in capsys.readouterr().err
 
 
 def test_scaled_fp16_gradients_match_fp32(tiny_model_dir, tmp_path):

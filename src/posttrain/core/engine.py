@@ -29,6 +29,7 @@ from posttrain.core import checkpoint_integrity as integrity
 from posttrain.core.distributed import all_reduce
 from posttrain.core.divergence import abs_max, divergence_problems
 from posttrain.core.metrics_log import MetricsLogger, read_metrics
+from posttrain.core.mixed_precision import LossScale, fp16_note, mixed_precision_name
 from posttrain.core.models import save_final
 from posttrain.core.signals import StopFlag, TrainingInterrupted
 from posttrain.losses.reduce import step_normaliser
@@ -36,18 +37,6 @@ from posttrain.losses.reduce import step_normaliser
 
 class TrainingAborted(RuntimeError):
     """Training stopped on purpose (e.g. too many consecutive non-finite steps)."""
-
-
-def mixed_precision_name(value) -> str:
-    """`no`, `bf16` or `fp16`. YAML reads a bare `no` as false (and OmegaConf then stores 'False')."""
-    name = str(value).strip().lower()
-    if name in ("no", "false", "none", "0", "fp32", "float32"):
-        return "no"
-    if name in ("bf16", "bfloat16"):
-        return "bf16"
-    if name in ("fp16", "float16"):
-        return "fp16"
-    raise ValueError(f"mixed_precision: expected no, bf16 or fp16, found {value!r}")
 
 
 def apply_global_batch(cfg, world: int) -> None:
@@ -77,11 +66,9 @@ class Engine:
                                        **accelerator_kwargs(cfg))
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
-        # accelerate builds a GradScaler for fp16 on an accelerator; on CPU fp16 autocast is off altogether
-        self.scaler = self.accelerator.scaler
-        if mixed_precision_name(cfg.mixed_precision) == "fp16" and not self.accelerator.native_amp:
-            self.say("mixed_precision=fp16 has no effect on this device (no fp16 autocast on CPU): training in "
-                     "the model's dtype")
+        self.loss_scale = LossScale(self.accelerator.scaler)  # accelerate's GradScaler for fp16 on a GPU
+        if fp16_note(cfg.mixed_precision, self.accelerator):
+            self.say(fp16_note(cfg.mixed_precision, self.accelerator))
         self.strategy = make_strategy(cfg, self.accelerator)
         apply_global_batch(cfg, self.world)
         self.say(f"CPU threads per process: {threads} ({why})")
@@ -194,8 +181,7 @@ class Engine:
                 self.step, self.skipped = meta["step"], meta.get("skipped", 0)
                 self.consecutive_skips = meta.get("consecutive_skips", 0)
                 self.init_abs_max = meta.get("init_abs_max")
-                if self.scaler is not None and meta.get("grad_scaler"):
-                    self.scaler.load_state_dict(meta["grad_scaler"])
+                self.loss_scale.load_state_dict(meta.get("grad_scaler"))
                 self.algo.load_state_dict(algo_state)
         if self.init_abs_max is None:
             self.init_abs_max = abs_max(self.params)
@@ -216,7 +202,7 @@ class Engine:
                   rank=self.rank, barrier=self.barrier, keep=self.cfg.save_total_limit,
                   trainer_state={"skipped": self.skipped, "consecutive_skips": self.consecutive_skips,
                                  "init_abs_max": self.init_abs_max,
-                                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None})
+                                 "grad_scaler": self.loss_scale.state_dict()})
         if self.strategy.sharded:
             from posttrain.core import checkpoint_sharded as sharded
 
@@ -234,7 +220,7 @@ class Engine:
             with self.strategy.accumulate(i == len(micros) - 1):
                 with self.accelerator.autocast():
                     loss, metrics = self.strategy.forward(self.algo.loss, m, norm)
-                self.strategy.backward(self.scaler.scale(loss) if self.scaler is not None else loss)
+                self.strategy.backward(self.loss_scale.scale(loss))
             loss_sum = loss_sum + loss.detach()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else float(v))
@@ -250,28 +236,20 @@ class Engine:
     def train_step(self) -> dict:
         micros = self.algo.micro_batches(self.step)
         metrics = self._backward_step(micros)
-        scale = None
-        if self.scaler is not None:
-            scale = float(self.scaler.get_scale())
-            self.scaler.unscale_(self.optimizer)
+        scale = self.loss_scale.unscale(self.optimizer)  # fp16: the gradients back at their true size
         clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
         grad_norm = self.strategy.clip(self.params, clip)
         finite = math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)
         self.last_loss = metrics["loss"]
-        # fp16: a finite loss whose scaled gradient overflows is the scale's fault while the scale is above 1
-        overflow = not finite and scale is not None and scale > 1 and math.isfinite(metrics["loss"])
+        overflow = self.loss_scale.overflow(scale, metrics["loss"], grad_norm)
         if finite:
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)  # steps: unscale_ found no inf (the gradient is finite)
-            else:
-                self.optimizer.step()
+            self.loss_scale.step(self.optimizer)
             self.scheduler.step()
             self.consecutive_skips = 0
         else:
             self.skipped += 1
             self.consecutive_skips += 0 if overflow else 1
-        if self.scaler is not None:
-            self.scaler.update()
+        self.loss_scale.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         metrics.update(grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0], skipped_steps=self.skipped)
@@ -279,7 +257,7 @@ class Engine:
             metrics["grad_scale"] = scale
         if overflow:
             self.say(f"step {self.step}: fp16 gradient overflow at loss scale {scale:g}; step skipped, scale "
-                     f"lowered to {float(self.scaler.get_scale()):g}")
+                     f"lowered to {self.loss_scale.current():g}")
         elif not finite:
             self.say(f"step {self.step}: non-finite loss or gradient (loss={metrics['loss']}, "
                      f"grad_norm={grad_norm}); step skipped, params and optimizer untouched")
