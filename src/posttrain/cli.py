@@ -66,13 +66,20 @@ def run_trainer(name: str, argv: list[str]) -> int:
 
 
 def _inspect_config(config: str | None, overrides: list[str], algo: str | None):
-    """(algorithm, config) for `data inspect`: the named algorithm, else the recipe's name prefix
-    (`dpo-tiny.yaml` -> dpo), else the first trainer whose keys the config fits (sft first)."""
+    """(algorithm, config) for `data inspect`: the named algorithm, else the one the recipe's comments run
+    (`# posttrain grpo --config recipes/dapo-tiny.yaml`), else the recipe's name prefix
+    (`dpo-tiny.yaml` -> dpo, `online-dpo-tiny.yaml` -> online_dpo), else the first trainer whose keys the
+    config fits (sft first)."""
     from posttrain.config import ConfigError, load_config
 
     if algo is None and config:
-        prefix = os.path.basename(config).split("-")[0].split(".")[0]
-        algo = prefix if prefix in TRAINERS else None
+        from posttrain.core.model_source import recipe_command
+
+        command = recipe_command(config)
+        algo = command if command in TRAINERS else None
+    if algo is None and config:  # online-dpo-tiny.yaml -> online_dpo_tiny, online_dpo, online
+        parts = os.path.basename(config).split(".")[0].replace("-", "_").split("_")
+        algo = next((n for n in ("_".join(parts[:k]) for k in range(len(parts), 0, -1)) if n in TRAINERS), None)
     if algo is not None:
         if algo not in TRAINERS:
             raise ConfigError(f"data inspect: unknown algorithm '{algo}'; expected one of {', '.join(sorted(TRAINERS))}")
