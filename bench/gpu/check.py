@@ -108,18 +108,20 @@ def trl_sft(a, model_dir: str) -> dict:
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *args, **kw):
-            torch.cuda.synchronize()
+            if not SMOKE:
+                torch.cuda.synchronize()
             self.t = time.perf_counter()
 
         def on_step_end(self, *args, **kw):
-            torch.cuda.synchronize()
+            if not SMOKE:
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - self.t)
 
     args = SFTConfig(output_dir=os.path.join(a.work, "trl"), max_steps=a.steps, per_device_train_batch_size=16,
                      max_length=1024, packing=True, padding_free=True, bf16=True, learning_rate=1e-5,
                      lr_scheduler_type="constant", optim="adamw_torch_fused", report_to=[], save_strategy="no",
-                     logging_steps=1, completion_only_loss=False, seed=42)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).cuda()
+                     logging_steps=1, completion_only_loss=False, seed=42, use_cpu=SMOKE)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(DEV)
     trainer = SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
                          processing_class=AutoTokenizer.from_pretrained(model_dir), callbacks=[Clock()])
     trainer.train()
@@ -140,7 +142,7 @@ def grpo(a, model_dir: str) -> dict:
         f"model={model_dir}", f"data.train={os.path.join(a.fixture, 'data', 'grpo.jsonl')}", f"output_dir={out}",
         "max_steps=4", "batch_size=32", "num_generations=8", f"max_new_tokens={8 if SMOKE else 256}",
         "max_length=512",
-        "mixed_precision=bf16", "torch_dtype=bfloat16", "rollout_backend=hf", "generation_batch_size=32",
+        "mixed_precision=bf16", "torch_dtype=bfloat16", "rollout_backend=hf", "rollout_batch_size=32",
         "report_to=[]", "resume=false", "save_steps=0", "sample_steps=0", "seed=42", "learning_rate=1e-6",
         f"rewards=[{{name: '{reward}', weight: 1.0}}]"])
     Engine(cfg, GRPO(cfg)).train()
