@@ -63,6 +63,12 @@ def summarize(name: str, trl: list[dict], ours: list[dict]) -> dict:
     # per-step time is the robust figure when the work per step differs slightly (GRPO's sampled lengths)
     s["step_speedup"] = round(s["trl_median_step_s"] / s["ours_median_step_s"], 3)
     s["memory_ratio"] = round(s["ours_peak_rss_mib"] / s["trl_peak_rss_mib"], 3)
+    # CPU seconds per step (self_cores * train_s / steps): what the work costs, nearly blind to other processes
+    # taking the cores away (wall-clock figures are not); the figure to read on a busy machine, with 1 thread
+    cpu = lambda rows: statistics.median(r["self_cores"] * r["train_s"] / r["steps"] for r in rows)  # noqa: E731
+    if all("self_cores" in r for r in trl + ours):
+        s["trl_cpu_s_per_step"], s["ours_cpu_s_per_step"] = round(cpu(trl), 4), round(cpu(ours), 4)
+        s["cpu_speedup"] = round(s["trl_cpu_s_per_step"] / s["ours_cpu_s_per_step"], 3)
     # cores other processes used during a run (the harness counts a run with >= 0.2 as not clean)
     others = [r["other_cores"] for r in trl + ours if "other_cores" in r]
     s["max_other_cores"] = max(others) if others else None
@@ -87,12 +93,18 @@ def main():
     ap.add_argument("--model", default="tiny-llama")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--shared", default=SHARED, help="folder of the shared TRL harness")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads on both sides (the harness pins 2); "
+                    "1 on a busy machine, where 2 threads wait on each other; say so when quoting a figure")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for our side only (an ablation, e.g. padding_free=false)")
     a = ap.parse_args()
     fixture = prepare(a.shared)
     trl_script, our_script, extra = PAIRS[a.bench]
-    common = ["--model", a.model] + (["--steps", str(a.steps)] if a.steps else [])
+    common = (["--model", a.model] + (["--steps", str(a.steps)] if a.steps else [])
+              + (["--threads", str(a.threads)] if a.threads else []))
     trl_cmd = [sys.executable, os.path.join(HARNESS, trl_script)] + common
-    our_cmd = [sys.executable, os.path.join(HERE, our_script), "--fixture", fixture] + common + extra
+    our_cmd = ([sys.executable, os.path.join(HERE, our_script), "--fixture", fixture] + common + extra
+               + [x for kv in a.set for x in ("--set", kv)])
     trl, ours = [], []
     for i in range(a.repeats):
         trl.append(run_json(trl_cmd, HARNESS))
@@ -101,6 +113,8 @@ def main():
               f"other cores {trl[-1].get('other_cores')}), ours {ours[-1]['steady_tokens_per_s']} tok/s "
               f"({ours[-1]['median_step_s']} s/step, other cores {ours[-1].get('other_cores')})", file=sys.stderr)
     s = summarize(a.bench, trl, ours)
+    s.update(model=a.model, steps=a.steps, threads=a.threads or 2, ours_set=a.set,
+             machine="quiet" if s["max_other_cores"] is not None and s["max_other_cores"] < 0.2 else "BUSY")
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", f"{a.bench}.jsonl"), "a") as f:
         for r in trl + ours:

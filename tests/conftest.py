@@ -5,6 +5,8 @@ import pytest
 import torch
 
 # tiny models are dominated by per-op overhead: one thread is as fast, and never oversubscribes a shared box
+# (OMP_NUM_THREADS is what the engine's automatic `threads` choice, and subprocesses, follow too)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 

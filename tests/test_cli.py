@@ -52,3 +52,14 @@ def test_every_registered_trainer_loads_and_is_offered():
         cfg_cls, run = load_trainer(name)
         assert is_dataclass(cfg_cls) and issubclass(cfg_cls, TrainConfig) and callable(run), name
         assert name in usage()
+
+
+def test_a_bad_online_setting_is_one_error_line(capsys):
+    from posttrain.cli import main
+
+    for trainer in ("ppo", "grpo"):
+        rc = main([trainer, "model=/nonexistent", "data.train=/nonexistent.jsonl", "max_length=48",
+                   "max_new_tokens=64"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err
+        assert "error: max_length (48) must exceed max_new_tokens (64)" in err

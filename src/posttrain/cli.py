@@ -45,7 +45,9 @@ def print_keys(name: str, cls) -> None:
 
 
 def run_trainer(name: str, argv: list[str]) -> int:
-    from posttrain.config import load_config, to_yaml
+    from posttrain.api import TrainResult
+    from posttrain.config import load_config
+    from posttrain.console import closing, summary
     from posttrain.lab.builtin import resolve_config
 
     cfg_cls, run = load_trainer(name)
@@ -53,53 +55,115 @@ def run_trainer(name: str, argv: list[str]) -> int:
     if want_help:
         print_keys(name, cfg_cls)
         return 0
-    cfg = resolve_config(load_config(cfg_cls, config, overrides))  # builtin:NAME -> local paths, once, here
+    cfg = load_config(cfg_cls, config, overrides)
     if _is_main_process():
-        print(f"# posttrain {name}: resolved config (saved to {cfg.output_dir}/config.yaml)\n{to_yaml(cfg)}",
-              file=sys.stderr)
-    last = run(cfg)
+        print(summary(name, cfg), file=sys.stderr)
+    cfg = resolve_config(cfg)  # builtin:NAME -> local paths, once, here
+    last = run(cfg) or {}
     if _is_main_process():
-        out = os.path.abspath(cfg.output_dir)
-        skipped = int(last.get("skipped_steps", 0))
-        print(f"done: loss {last.get('loss', float('nan')):.4f}, {skipped} of {cfg.max_steps} steps skipped (non-finite)"
-              f"\n  metrics   {out}/metrics.jsonl\n"
-              f"  plot      {out}/loss.png\n  model     {out}/final\n  checkpoints {out}/checkpoints")
+        print(closing(TrainResult(os.path.abspath(cfg.output_dir), last, cfg)))
     return 0
+
+
+def _inspect_config(config: str | None, overrides: list[str], algo: str | None):
+    """(algorithm, config) for `data inspect`: the named algorithm, else the one the recipe's comments run
+    (`# posttrain grpo --config recipes/dapo-tiny.yaml`), else the recipe's name prefix
+    (`dpo-tiny.yaml` -> dpo, `online-dpo-tiny.yaml` -> online_dpo), else the first trainer whose keys the
+    config fits (sft first)."""
+    from posttrain.config import ConfigError, load_config
+
+    if algo is None and config:
+        from posttrain.core.model_source import recipe_command
+
+        command = recipe_command(config)
+        algo = command if command in TRAINERS else None
+    if algo is None and config:  # online-dpo-tiny.yaml -> online_dpo_tiny, online_dpo, online
+        parts = os.path.basename(config).split(".")[0].replace("-", "_").split("_")
+        algo = next((n for n in ("_".join(parts[:k]) for k in range(len(parts), 0, -1)) if n in TRAINERS), None)
+    if algo is not None:
+        if algo not in TRAINERS:
+            raise ConfigError(f"data inspect: unknown algorithm '{algo}'; expected one of {', '.join(sorted(TRAINERS))}")
+        return algo, load_config(load_trainer(algo)[0], config, overrides)
+    first = None
+    for name in ["sft"] + sorted(n for n in TRAINERS if n != "sft"):
+        try:
+            return name, load_config(load_trainer(name)[0], config, overrides)
+        except ConfigError as e:
+            first = first or e
+    raise first
 
 
 def data_command(argv: list[str]) -> int:
     if not argv or argv[0] != "inspect":
-        print("usage: posttrain data inspect --config FILE [key=value ...] [n=3]")
+        print("usage: posttrain data inspect [ALGORITHM] --config FILE [key=value ...] [n=3]")
         return 2
-    from posttrain.algorithms.sft import SFTConfig
-    from posttrain.config import load_config
-    from posttrain.lab.builtin import resolve_config
     from posttrain.core.models import load_tokenizer
+    from posttrain.lab.builtin import resolve_config
     from posttrain.data.formats import load_rows
-    from posttrain.data.inspect import inspect_rows
 
-    config, overrides, want_help = _split_args(argv[1:])
+    rest = argv[1:]
+    algo = rest.pop(0) if rest and not rest[0].startswith("-") and "=" not in rest[0] else None
+    config, overrides, want_help = _split_args(rest)
     n = 3
     for o in list(overrides):
         if o.startswith("n="):
             n = int(o[2:])
             overrides.remove(o)
     if want_help:
-        print_keys("data inspect", SFTConfig)
+        print_keys("data inspect", load_trainer(algo or "sft")[0])
         return 0
-    cfg = resolve_config(load_config(SFTConfig, config, overrides))
-    rows = load_rows(cfg.data.train, split="train")
-    print(inspect_rows(rows, load_tokenizer(cfg), max_length=cfg.max_length,
-                       completion_only_loss=cfg.data.completion_only_loss, n=n))
+    algo, cfg = _inspect_config(config, overrides, algo)
+    shown, cfg = cfg.data.train, resolve_config(cfg)
+    tok = load_tokenizer(cfg)
+    if hasattr(cfg, "desirable_weight"):  # KTO: unpaired rows with a label
+        from posttrain.data.inspect_kinds import inspect_unpaired
+
+        text = inspect_unpaired(load_rows(cfg.data.train, split="train"), tok, max_length=cfg.max_length, n=n)
+    elif hasattr(cfg, "max_new_tokens"):  # GRPO, PPO: prompts only
+        from posttrain.data.inspect_kinds import inspect_prompts
+
+        rows = load_rows(cfg.data.train, split="train", kind="prompt")
+        text = inspect_prompts(rows, tok, budget=cfg.max_length - cfg.max_new_tokens,
+                               template=getattr(cfg, "prompt_template", None), n=n)
+    elif hasattr(cfg, "drop_truncated"):  # reward model, DPO: preference pairs and rankings
+        from posttrain.data.inspect_kinds import inspect_preference
+
+        rows = load_rows(cfg.data.train, split="train", kind="preference")
+        text = inspect_preference(rows, tok, max_length=cfg.max_length, drop_truncated=cfg.drop_truncated, n=n)
+    else:  # SFT (also unpaired rows: `label: false` / `rejected` are unlikelihood's negatives)
+        from posttrain.data.inspect import inspect_rows
+
+        rows = load_rows(cfg.data.train, split="train")
+        text = inspect_rows(rows, tok, max_length=cfg.max_length,
+                            completion_only_loss=cfg.data.completion_only_loss, n=n)
+    print(f"# data inspect: {algo} on {shown}\n{text}")
+    return 0
+
+
+def judge_command(argv: list[str]) -> int:
+    if not argv or argv[0] != "label":
+        print("usage: posttrain judge label --config FILE [key=value ...]   (--help lists the keys)")
+        return 2
+    from posttrain.config import load_config
+    from posttrain.judge_label import LabelConfig, describe, label
+    from posttrain.lab.builtin import resolve_config
+
+    config, overrides, want_help = _split_args(argv[1:])
+    if want_help:
+        print_keys("judge label", LabelConfig)
+        return 0
+    print(describe(label(resolve_config(load_config(LabelConfig, config, overrides)))), file=sys.stderr)
     return 0
 
 
 def usage() -> str:
     names = "|".join(sorted(TRAINERS))
     return (f"usage: posttrain {{{names}}} --config FILE [key=value ...]\n"
-            "       posttrain data inspect --config FILE [key=value ...]\n"
+            "       posttrain data inspect [ALGORITHM] --config FILE [key=value ...] [n=3]\n"
             "       posttrain lab {export|pretrain} ...\n"
             "       posttrain demo [--out DIR]\n"
+            "       posttrain serve MODEL [--port 8000]\n"
+            "       posttrain judge label --config FILE [key=value ...]\n"
             "Add --help after a trainer's name to list every config key.")
 
 
@@ -116,6 +180,12 @@ def dispatch(argv: list[str]) -> int:
         from posttrain.lab.cli import main as lab_main
 
         return lab_main(rest)
+    if cmd == "serve":
+        from posttrain.serve import main as serve_main
+
+        return serve_main(rest)
+    if cmd == "judge":
+        return judge_command(rest)
     if cmd == "demo":
         from posttrain.lab.demo import main as demo_main
 
@@ -125,13 +195,11 @@ def dispatch(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from posttrain.errors import USER_ERRORS
+    from posttrain.console import quiet_libraries
+    from posttrain.errors import run_guarded
 
-    try:
-        return dispatch(sys.argv[1:] if argv is None else argv)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    quiet_libraries()
+    return run_guarded(dispatch, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

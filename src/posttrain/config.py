@@ -93,8 +93,10 @@ class TrainConfig(ModelArgs):
     max_weight_growth: float = opt(100.0, "refuse the final save when the largest weight grew more than this many "
                                           "times (diverged); 0 = off")
     report_to: Any = opt(["tensorboard"], "loggers besides metrics.jsonl: tensorboard, wandb, trackio")
-    resume: bool = opt(True, "resume from the newest complete checkpoint in output_dir")
-    threads: int = opt(0, "torch CPU threads; 0 = torch's default")
+    resume: bool = opt(True, "resume from the newest complete checkpoint in output_dir (only if its config "
+                            "matches, apart from max_steps and the logging/eval/save cadence)")
+    resume_force: bool = opt(False, "resume even when the checkpoint was trained with other settings")
+    threads: int = opt(0, "torch CPU threads; 0 = auto (cores available to this process / local processes)")
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
@@ -127,12 +129,33 @@ def _parse_overrides(overrides: list[str]) -> dict:
             raise ConfigError(f"override '{o}' is not key=value")
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"bad override: {e}") from None
+    except Exception as e:  # OmegaConf's errors, and YAML's for a value like `key=a: {b}`
+        first = str(e).strip().split("\n")[0]
+        raise ConfigError(f"bad override among {list(overrides)}: {first} (quote a value holding ': ' or "
+                          "braces: key='a: {b}')") from None
 
 
-def load_config(cls: type, path: str | None = None, overrides: list[str] = ()) -> Any:
-    """An instance of the dataclass `cls` from YAML `path` then `overrides` (['key=value', ...])."""
+def nest_dotted(flat: dict) -> dict:
+    """{'data.train': x, 'lr': y} -> {'data': {'train': x}, 'lr': y} (nested dicts are merged too)."""
+    out: dict = {}
+    for key, value in flat.items():
+        parts = str(key).split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"key '{key}': '{p}' is not a section")
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(nest_dotted(value))
+        else:
+            node[parts[-1]] = nest_dotted(value) if isinstance(value, dict) else value
+    return out
+
+
+def load_config(cls: type, path: str | None = None, overrides: list[str] | dict = (), base: Any = None) -> Any:
+    """An instance of the dataclass `cls` from YAML `path` then `overrides` (['key=value', ...], or a dict
+    whose keys may be dotted: {'data.train': ..., 'learning_rate': ...}). `base`: a `cls` instance to start
+    from instead of the defaults (the Python API passes a config object through here)."""
     layers = []
     if path:
         try:
@@ -144,8 +167,11 @@ def load_config(cls: type, path: str | None = None, overrides: list[str] = ()) -
         if not isinstance(file_cfg, DictConfig):
             raise ConfigError(f"{path}: expected a mapping of keys at the top level")
         layers.append((path, OmegaConf.to_container(file_cfg)))
-    layers.append(("command line", _parse_overrides(list(overrides))))
-    merged = OmegaConf.structured(cls)
+    if isinstance(overrides, dict):
+        layers.append(("overrides", nest_dotted(overrides)))
+    else:
+        layers.append(("command line", _parse_overrides(list(overrides))))
+    merged = OmegaConf.structured(base if base is not None else cls)
     for where, layer in layers:
         unknown = _walk_unknown(layer, cls(), "")
         if unknown:

@@ -167,3 +167,14 @@ def test_variant_recipes_load_and_pass_the_checks(name):
 
     root = os.path.join(os.path.dirname(__file__), "..", "..", "recipes")
     GRPO(load_config(GRPOConfig, os.path.join(root, f"{name}.yaml")))
+
+
+def test_help_documents_the_variant_keys(capsys):
+    from posttrain.cli import main
+
+    assert main(["grpo", "--help"]) == 0
+    out = capsys.readouterr().out
+    for key in ("importance_sampling_level", "cispo_max_weight", "sapo_tau_pos", "dynamic_sampling_max_tries",
+                "overlong_cache", "mask_truncated_completions", "rollout_is_mode", "top_entropy_quantile",
+                "entropy_coef", "reinforce_pp"):
+        assert key in out, key

@@ -73,7 +73,7 @@ def test_orpo_needs_no_reference_and_learns_the_preference(tiny_model_dir, tmp_p
     assert rows[-1]["nll"] < rows[0]["nll"] and last["accuracy"] == 1.0
 
 
-@pytest.mark.parametrize("algo,cfg_cls", [(KTO, KTOConfig), (ORPO, ORPOConfig)])
+@pytest.mark.parametrize("algo,cfg_cls", [(KTO, KTOConfig), pytest.param(ORPO, ORPOConfig, marks=pytest.mark.slow)])
 def test_resume_is_exact(tiny_model_dir, tmp_path, algo, cfg_cls):
     small = write_pref_jsonl(tmp_path / "small.jsonl", n=12)
 

@@ -35,7 +35,8 @@ def test_loss_is_bradley_terry_with_margin_weights_and_centering(tiny_model_dir,
     rows = [r | {"margin": 0.5 * i} for i, r in enumerate(read(write_pref_jsonl(tmp_path / "m.jsonl", n=8,
                                                                                 ranking_every=3)))]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = rm_cfg(tiny_model_dir, tmp_path, center_rewards_coefficient=0.1, **{"data.train": tmp_path / "m.jsonl"})
+    cfg = rm_cfg(tiny_model_dir, tmp_path, center_rewards_coefficient=0.1, padding_free=False,  # padded rows here
+                 **{"data.train": tmp_path / "m.jsonl"})
     eng = make_engine(cfg)
     batch = eng.algo.micro_batches(0)[0]
     assert batch.num_pairs == 3 * 3 + 5 and batch.num_items == pytest.approx(8.0)   # 3 rankings of K=3

@@ -13,8 +13,11 @@ from posttrain.lab.experiments.common import (
 KEYS = {"goodhart": {"runs", "held_out", "verdict", "betas"},
         "length_bias": {"rater_chose_longer", "reward_models", "held_out", "verdict"},
         "sycophancy": {"arms", "sft_metrics", "verdict"},
-        "negative_feedback": {"measured", "verdict", "data", "models"}}
-COMMON = {"experiment", "quick", "base", "device", "train_s", "total_s", "plots"}
+        "negative_feedback": {"measured", "verdict", "data", "models"},
+        "reasoning": {"final", "training", "verdict", "grpo"},
+        "sft_vs_dft": {"curves", "heldout_nll_curves", "verdict"},
+        "judges": {"judges", "sizes", "verdict"}}
+COMMON = {"experiment", "quick", "base", "device", "train_s", "total_s", "plots", "across_seeds"}
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,7 @@ USER_MODULE = textwrap.dedent('''
     def contains_yes(prompts, completions, bonus=0.0, **columns):
         return [float("yes" in c) + bonus for c in completions]
 
-    def wrong_signature(completions):
+    def wrong_signature(text):
         return [0.0 for _ in completions]
 
     class Shouting:
@@ -112,7 +112,7 @@ def test_load_errors_name_the_spec(tmp_path, monkeypatch):
         f"{tmp_path}/missing.py:f": "missing.py' does not exist",
         f"{tmp_path}/broken.py:f": "importing .*broken.py' failed: RuntimeError: boom",
         "rw_errs:absent": "reward 'rw_errs:absent': 'rw_errs' has no attribute 'absent'",
-        "rw_errs:wrong_signature": "must accept \\(prompts, completions, \\*\\*columns\\)",
+        "rw_errs:wrong_signature": "must accept \\(prompts, completions, \\*\\*columns\\), or be TRL-style",
         "rw_errs:NOT_CALLABLE": "'NOT_CALLABLE' is a int, not callable",
         "rw_errs:": "expected 'module:function'",
     }

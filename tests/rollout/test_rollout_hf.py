@@ -203,3 +203,46 @@ def test_peft_policy_logps_equal_its_forward_pass(tiny_model_dir, prompts):
         assert torch.allclose(torch.tensor(out.completion_logps[r]), ref, atol=1e-4), r
     plain = HFBackend(load(tiny_model_dir)[0], tok).generate(prompts, 2, SamplingParams(max_new_tokens=6, seed=0))
     assert plain.completion_logps != out.completion_logps  # the adapter is in effect
+
+
+def test_inverse_cdf_draw_matches_the_categorical_distribution():
+    from posttrain.rollout.hf import draw
+
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0]).expand(40000, 5)
+    counts = torch.bincount(draw(probs * 3.0, torch.Generator().manual_seed(0)), minlength=5).float() / 40000
+    assert counts[1] == 0 and counts[4] == 0                     # zero mass is never drawn (unnormalised rows too)
+    torch.testing.assert_close(counts, probs[0], atol=0.01, rtol=0)  # 4 sigma of a binomial(40000, 0.5) is 0.01
+    one_hot = torch.zeros(3, 7).index_fill_(1, torch.tensor([6]), 1.0)
+    assert draw(one_hot, torch.Generator().manual_seed(1)).tolist() == [6, 6, 6]
+
+
+def test_greedy_tokens_equal_transformers_generate(tiny, prompts):
+    model, tok = tiny
+    params = SamplingParams(max_new_tokens=10, temperature=0.0, seed=0)
+    out = HFBackend(model, tok, batch_size=8).generate(prompts, 2, params)
+    for i, p in enumerate(prompts):
+        ids = torch.tensor([tok(p, add_special_tokens=False)["input_ids"]])
+        ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+        ref = ref[:ref.index(tok.eos_token_id) + 1] if tok.eos_token_id in ref else ref
+        assert out.completion_ids[2 * i] == out.completion_ids[2 * i + 1] == ref, i
+
+
+def test_preallocated_kv_layer_holds_what_a_dynamic_layer_holds():
+    from transformers.cache_utils import DynamicLayer
+
+    from posttrain.rollout.kv_cache import GrowingLayer
+
+    g = torch.Generator().manual_seed(0)
+    grow, dyn = GrowingLayer(capacity=3), DynamicLayer()   # capacity 3 < 7 positions: the buffer must grow
+    steps = [(2, 4), (1, 4), (1, 8), (1, 8), (2, 8), (1, 3)]  # (new positions, batch): prefill, decode, repeat, select
+    for i, (t, b) in enumerate(steps):
+        if i == 2:
+            grow.batch_repeat_interleave(2), dyn.batch_repeat_interleave(2)
+        if i == 5:
+            keep = torch.tensor([0, 3, 6])
+            grow.batch_select_indices(keep), dyn.batch_select_indices(keep)
+        k, v = torch.randn(b, 2, t, 5, generator=g), torch.randn(b, 2, t, 5, generator=g)
+        for a, e in zip(grow.update(k, v), dyn.update(k, v)):
+            assert torch.equal(a, e), i
+    assert grow.get_seq_length() == dyn.get_seq_length() == 8

@@ -15,6 +15,8 @@ TRAINERS: dict[str, str] = {
     "orpo": "posttrain.algorithms.orpo",
     "grpo": "posttrain.algorithms.grpo",
     "ppo": "posttrain.algorithms.ppo",
+    "online_dpo": "posttrain.algorithms.online_dpo",
+    "gkd": "posttrain.algorithms.gkd",
 }
 
 

@@ -10,11 +10,16 @@ once, at build time, with the settings that variant takes bound (`bind_dpo_loss`
 `rpo_alpha > 0` adds the NLL of the chosen response, per token and averaged per pair as in RPO/IRPO
 (Pang et al. 2024: -log pi(y_c|x) / |y_c|), against the fall of chosen log-probs.
 
-Chosen and rejected run through the model in ONE forward pass (`PreferenceBatch`: chosen rows then
-rejected rows), log-probs chunked (`core.logprobs.token_logps`). The reference is a frozen copy of the
-initial model, or with LoRA the same model with its adapter disabled (`core.models.Reference`); with
-`precompute_ref` its log-probs are computed once before training, cached on the examples, and the copy is
-freed. Every loss is `sum(pair weight * pair loss) / num_items` over the whole accumulated step.
+Chosen and rejected run through the model in ONE forward pass (`PreferenceBatch`: chosen sequences then
+rejected ones). By default (`padding_free`) they are packed back to back in one row without padding and
+attention runs per sequence (`data.packed_pairs`, `core.varlen_attention`); models whose attention cannot
+(sliding window, non-sdpa) get right-padded rows. Either way the output head runs only at the scored
+(response) positions (`core.logprobs.sequence_logp_sums`). The reference is a frozen copy of the initial
+model, or with LoRA the same model with its adapter disabled (`core.models.Reference`), run under
+`inference_mode` when a batch is built; each response's reference log-prob is then cached on its example,
+so a later epoch reuses it, and once every example has one the copy is freed. `precompute_ref` fills the
+cache before training instead. Every loss is `sum(pair weight * pair loss) / num_items` over the whole
+accumulated step.
 """
 from __future__ import annotations
 
@@ -24,8 +29,10 @@ import torch
 
 from posttrain.config import DataConfig, TrainConfig, opt
 from posttrain.core.algorithm import Algorithm, StepSampler
-from posttrain.core.logprobs import token_logps
-from posttrain.data.preference import load_preference_splits, preference_collate, response_collate
+from posttrain.core.logprobs import hidden_states, sequence_logp_sums, token_logps
+from posttrain.core.strategy import call_root
+from posttrain.data.packed_pairs import choose_collate
+from posttrain.data.preference import load_preference_splits, response_collate
 from posttrain.losses.preference import bind_dpo_loss
 
 
@@ -41,6 +48,10 @@ class DPOConfig(TrainConfig):
     precompute_ref: bool = opt(False, "compute reference log-probs once before training and free the reference "
                                       "copy (no reference forward per step)")
     drop_truncated: bool = opt(False, "drop rows longer than max_length instead of cutting the responses' tails")
+    padding_free: bool = opt(True, "pack each batch's sequences into one row without padding (attention per "
+                                   "sequence); off, or a model without plain causal sdpa attention: right padding")
+    share_prompt: bool = opt(True, "with padding_free: each pair's prompt is computed once, chosen and rejected "
+                                   "attend to it as two separate sequences would")
     logits_chunk: int = opt(0, "positions per chunk of the output head; 0 = auto (<= 32M logits a chunk)")
 
 
@@ -50,6 +61,23 @@ CONFIG = DPOConfig
 def sequence_logps(model, input_ids, attention_mask, mask, chunk_size: int) -> torch.Tensor:
     """Summed log-probs of the masked (response) tokens of each row, float32 `[N]`."""
     return (token_logps(model, input_ids, attention_mask, chunk_size=chunk_size) * mask).sum(-1)
+
+
+def batch_logps(model, batch, chunk_size: int) -> torch.Tensor:
+    """Summed response log-probs of each sequence of a `PreferenceBatch` (padded or packed), float32 `[2P]`;
+    the head runs at the scored positions only. One (FSDP root) forward: the head is never read as a shard."""
+    def run(m):
+        hidden = hidden_states(m, batch.input_ids, batch.attention_mask, batch.position_ids)
+        return sequence_logp_sums(m, hidden, batch.input_ids, batch.mask, batch.row_ids(), batch.num_sequences,
+                                  pred_index=batch.pred_index, chunk_size=chunk_size)
+
+    return call_root(model, run)
+
+
+def sequence_lengths(batch) -> torch.Tensor:
+    """Response tokens of each sequence of a `PreferenceBatch`, float32 `[2P]`."""
+    return batch.mask.new_zeros(batch.num_sequences).index_add(0, batch.row_ids().reshape(-1),
+                                                               batch.mask.reshape(-1))
 
 
 def _wmean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -67,7 +95,7 @@ class DPO(Algorithm):
         if cfg.rpo_alpha < 0:
             raise ValueError(f"rpo_alpha must be >= 0, got {cfg.rpo_alpha}")
         if cfg.data.packing:
-            raise ValueError("data.packing: not supported for DPO (pairs are right-padded); set it false")
+            raise ValueError("data.packing: not used by DPO (padding_free packs pairs, on by default); set it false")
         self.cfg = cfg
         self.loss_fn, self.needs_ref = bind_dpo_loss(cfg.loss, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
                                                      simpo_gamma=cfg.simpo_gamma)
@@ -78,6 +106,9 @@ class DPO(Algorithm):
 
         c = self.cfg
         self.engine, self.pad_id = engine, engine.tokenizer.pad_token_id
+        self.collate, packed = choose_collate(engine.model, c.padding_free, c.share_prompt)  # before the reference copy is made
+        if packed:
+            engine.say("padding-free pairs: each batch is one packed row, attention per sequence (sdpa_varlen)")
         self.examples, self.eval_examples = load_preference_splits(c, engine.tokenizer, engine.say)
         if self.needs_ref:
             self.ref = engine.reference()
@@ -105,23 +136,42 @@ class DPO(Algorithm):
                     ex, k = flat[i]
                     ex.ref_logps[k] = lp
 
-    def micro_batches(self, step: int):
-        return [preference_collate([self.examples[i] for i in idx], self.pad_id).to(self.engine.device)
-                for idx in self.sampler.micro_indices(step)]
+    def tokens(self, batch) -> int:
+        """Tokens of the batch's sequences (a shared prompt counts once per sequence, as padded rows hold it)."""
+        return batch.num_tokens or super().tokens(batch)
 
-    def reference_logps(self, batch):
-        """(ref chosen [P], ref rejected [P]): cached, computed now, or (None, None) for SimPO."""
-        if batch.ref_chosen_logps is not None or self.ref is None:
-            return batch.ref_chosen_logps, batch.ref_rejected_logps
-        with self.ref.model() as ref:
-            lps = sequence_logps(ref, batch.input_ids, batch.attention_mask, batch.mask, self.cfg.logits_chunk)
-        return lps[:batch.num_pairs], lps[batch.num_pairs:]
+    def micro_batches(self, step: int):
+        return [self.batch([self.examples[i] for i in idx]) for idx in self.sampler.micro_indices(step)]
+
+    def batch(self, examples):
+        """The collated batch of `examples` on the device, with their reference log-probs (cached or run now)."""
+        b = self.collate(examples, self.pad_id).to(self.engine.device)
+        if b.ref_chosen_logps is None and self.ref is not None:
+            b.ref_chosen_logps, b.ref_rejected_logps = self.reference_logps(b, examples)
+        return b
+
+    def reference_logps(self, batch, examples):
+        """(ref chosen [P], ref rejected [P]) from one reference forward (no autograd at all), each
+        response's value cached on its example; the reference copy is freed once every example has one."""
+        with self.ref.model() as ref, torch.inference_mode():
+            lps = batch_logps(ref, batch, self.cfg.logits_chunk)
+        lps, p = lps.clone(), batch.num_pairs  # a normal tensor again (inference tensors cannot be saved for backward)
+        k, values = 0, lps.tolist()
+        for ex in examples:
+            cache = list(ex.ref_logps) if ex.ref_logps is not None else [0.0] * len(ex.responses)
+            for c, r in ex.pairs:
+                cache[c], cache[r] = values[k], values[p + k]
+                k += 1
+            ex.ref_logps = cache
+        if all(ex.ref_logps is not None for ex in self.examples + self.eval_examples):
+            self.ref = None
+        return lps[:p], lps[p:]
 
     def loss(self, model, batch, norm):
         c, p, w = self.cfg, batch.num_pairs, batch.weight
-        logps = sequence_logps(model, batch.input_ids, batch.attention_mask, batch.mask, c.logits_chunk)  # [2P]
-        lengths = batch.mask.sum(-1)                                                                    # [2P]
-        ref_chosen, ref_rejected = self.reference_logps(batch)
+        logps = batch_logps(model, batch, c.logits_chunk)                                                # [2P]
+        lengths = sequence_lengths(batch)                                                                # [2P]
+        ref_chosen, ref_rejected = batch.ref_chosen_logps, batch.ref_rejected_logps  # None for SimPO
         losses, r_chosen, r_rejected = self.loss_fn(logps[:p], logps[p:], ref_chosen, ref_rejected,
                                                     lengths[:p], lengths[p:])
         loss = (w * losses).sum() / norm.num_items
@@ -143,7 +193,7 @@ class DPO(Algorithm):
         sums, total = {}, 0.0
         bs = self.cfg.batch_size
         for s in range(0, len(self.eval_examples), bs):
-            b = preference_collate(self.eval_examples[s:s + bs], self.pad_id).to(self.engine.device)
+            b = self.batch(self.eval_examples[s:s + bs])
             loss, metrics = self.loss(model, b, self.normaliser([b]))
             for k, v in {"loss": loss, **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * b.num_items

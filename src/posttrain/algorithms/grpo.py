@@ -47,7 +47,7 @@ from posttrain.algorithms.online import OnlineAlgorithm, OnlineConfig
 from posttrain.algorithms.online.buffer import collate_rows, split_even
 from posttrain.algorithms.online.groups import grouped_advantages, kept_rows
 from posttrain.algorithms.online.metrics import summarise, write_samples
-from posttrain.config import opt
+from posttrain.config import ConfigError, opt
 from posttrain.core.logprobs import token_logps
 from posttrain.losses.advantages import group_advantages, leave_one_out
 
@@ -98,7 +98,7 @@ CONFIG = GRPOConfig
 
 
 def check_config(c: GRPOConfig) -> None:
-    """Raise ValueError naming the first bad GRPO setting (the shared ones: `online.check_online_config`)."""
+    """Raise `ConfigError` naming the first bad GRPO setting (the shared ones: `online.check_online_config`)."""
     rows = c.batch_size * c.grad_accum
     checks = vx.config_checks(c) + [
         (c.advantage in ESTIMATORS, f"advantage: expected one of {sorted(ESTIMATORS)}, found '{c.advantage}'"),
@@ -111,7 +111,7 @@ def check_config(c: GRPOConfig) -> None:
     ]
     for ok, msg in checks:
         if not ok:
-            raise ValueError(msg)
+            raise ConfigError(msg)
 
 
 class GRPO(OnlineAlgorithm):

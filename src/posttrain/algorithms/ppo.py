@@ -40,7 +40,7 @@ from posttrain.algorithms.online import OnlineAlgorithm, OnlineConfig
 from posttrain.algorithms.online.buffer import collate_rollouts
 from posttrain.algorithms.online.metrics import summarise
 from posttrain.algorithms.value_head import attach_value_head, token_values, without_value_head
-from posttrain.config import DataConfig, opt
+from posttrain.config import ConfigError, DataConfig, opt
 from posttrain.core.batch import RolloutBatch
 from posttrain.core.kl_control import make_kl_controller
 from posttrain.core.logprobs import hidden_states, logps_from_hidden
@@ -95,10 +95,10 @@ class PPO(OnlineAlgorithm):
     def __init__(self, cfg: PPOConfig, reward=None):
         """`reward`: a `RewardFn` (or `CombinedReward`) to use instead of the config's (programmatic use)."""
         if cfg.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"kl_estimator: expected one of {sorted(KL_ESTIMATORS)}, found '{cfg.kl_estimator}'")
+            raise ConfigError(f"kl_estimator: expected one of {sorted(KL_ESTIMATORS)}, found '{cfg.kl_estimator}'")
         for key in ("ppo_epochs", "num_mini_batches", "cliprange"):
             if not getattr(cfg, key) > 0:
-                raise ValueError(f"{key} must be > 0, got {getattr(cfg, key)!r}")
+                raise ConfigError(f"{key} must be > 0, got {getattr(cfg, key)!r}")
         super().__init__(cfg, reward)
         self.kl_fn = KL_ESTIMATORS[cfg.kl_estimator]
         self.kl_ctl = make_kl_controller(cfg.kl_ctl, init_kl_coef=cfg.init_kl_coef, target_kl=cfg.target_kl,

@@ -19,11 +19,15 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from posttrain.config import DataConfig, TrainConfig, opt
 from posttrain.core.algorithm import Algorithm, StepSampler
-from posttrain.data.preference import load_preference_splits, preference_collate, response_collate
+from posttrain.core.logprobs import hidden_states
+from posttrain.data.packed_pairs import choose_collate
+from posttrain.data.preference import load_preference_splits, response_collate
 from posttrain.losses.preference import bradley_terry_loss
-from posttrain.rewards.reward_model import SequenceClassifier, sequence_rewards
+from posttrain.rewards.reward_model import SequenceClassifier, score_head, sequence_rewards
 
 
 @dataclass
@@ -34,6 +38,10 @@ class RewardModelConfig(TrainConfig):
     drop_truncated: bool = opt(True, "drop rows whose prompt + response is longer than max_length (the reward "
                                      "is read at the response's last token); false = cut the response's tail")
     eval_bins: int = opt(5, "bins of the calibration error and of accuracy-by-margin in eval.json")
+    padding_free: bool = opt(True, "pack each batch's sequences into one row without padding (attention per "
+                                   "sequence); off, or a model without plain causal sdpa attention: right padding")
+    share_prompt: bool = opt(True, "with padding_free: each pair's prompt is computed once, chosen and rejected "
+                                   "attend to it as two separate sequences would")
 
 
 CONFIG = RewardModelConfig
@@ -52,6 +60,14 @@ def load_reward_model(cfg: RewardModelConfig):
     return model, tok
 
 
+def batch_rewards(model, batch) -> torch.Tensor:
+    """float32 rewards `[2P]` of a `PreferenceBatch` (padded or packed): the scalar head on each sequence's
+    last token only (one position per sequence, no `[B, T, 1]` head output)."""
+    hidden = hidden_states(model, batch.input_ids, batch.attention_mask, batch.position_ids)
+    rows, cols = batch.last_positions()
+    return score_head(model)(hidden[rows, cols]).squeeze(-1).float()
+
+
 class RewardModelTrainer(Algorithm):
     name = "rm"
     plot_keys = ("loss", "accuracy", "margin", "eval/accuracy", "eval/margin", "eval/ece", "eval/length_pearson",
@@ -59,7 +75,8 @@ class RewardModelTrainer(Algorithm):
 
     def __init__(self, cfg: RewardModelConfig):
         if cfg.data.packing:
-            raise ValueError("data.packing: not supported for reward models (pairs are right-padded); set it false")
+            raise ValueError("data.packing: not used by reward models (padding_free packs pairs, on by default); "
+                             "set it false")
         if cfg.eval_bins < 1:
             raise ValueError(f"eval_bins must be >= 1, got {cfg.eval_bins}")
         self.cfg = cfg
@@ -69,15 +86,22 @@ class RewardModelTrainer(Algorithm):
         _check_scalar_head(engine.model)
         c = self.cfg
         self.engine, self.pad_id = engine, engine.tokenizer.pad_token_id
+        self.collate, packed = choose_collate(engine.model, c.padding_free, c.share_prompt)
+        if packed:
+            engine.say("padding-free pairs: each batch is one packed row, attention per sequence (sdpa_varlen)")
         self.examples, self.eval_examples = load_preference_splits(c, engine.tokenizer, engine.say)
         self.sampler = StepSampler(len(self.examples), c.batch_size, c.grad_accum, c.seed, engine.rank, engine.world)
 
+    def tokens(self, batch) -> int:
+        """Tokens of the batch's sequences (a shared prompt counts once per sequence, as padded rows hold it)."""
+        return batch.num_tokens or super().tokens(batch)
+
     def micro_batches(self, step: int):
-        return [preference_collate([self.examples[i] for i in idx], self.pad_id).to(self.engine.device)
+        return [self.collate([self.examples[i] for i in idx], self.pad_id).to(self.engine.device)
                 for idx in self.sampler.micro_indices(step)]
 
     def loss(self, model, batch, norm):
-        rewards = sequence_rewards(model, batch.input_ids, batch.attention_mask)   # [2P]
+        rewards = batch_rewards(model, batch)                                      # [2P]
         p = batch.num_pairs
         loss, m = bradley_terry_loss(rewards[:p], rewards[p:], margin=batch.margin, weight=batch.weight,
                                      num_items=norm.num_items,

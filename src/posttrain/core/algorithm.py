@@ -35,7 +35,8 @@ class Algorithm:
         `num_items` is the batch's own unit (`batch.num_items`), tokens are its `mask`'s sum."""
         mask = getattr(batch, "mask", None)
         items = float(batch.num_items)
-        return items, float(mask.sum()) if mask is not None else items, float(batch.input_ids.shape[0])
+        rows = getattr(batch, "num_sequences", batch.input_ids.shape[0])  # a packed batch is one row of many
+        return items, float(mask.sum()) if mask is not None else items, float(rows)
 
     def max_len(self) -> int:
         """`Normaliser.max_len`: the generation budget of online algorithms; `max_length` otherwise."""

@@ -36,13 +36,42 @@ class SFTBatch(_Movable):
 @dataclass
 class PreferenceBatch(_Movable):
     """Chosen rows then rejected rows stacked on one batch axis: rows [0, P) chosen, [P, 2P) rejected."""
-    input_ids: Tensor                 # [2P, T] long, right-padded
-    attention_mask: Tensor            # [2P, T]
+    input_ids: Tensor                 # [2P, T] long, right-padded (packed: [1, N])
+    attention_mask: Tensor | None     # [2P, T]; None when packed
     mask: Tensor                      # [2P, T] float; 1 = response token (scored)
     margin: Tensor                    # [P] float; rater margin (0 when absent)
     weight: Tensor                    # [P] float; per-pair weight (rankings: 1 / number of pairs of the prompt)
     ref_chosen_logps: Tensor | None = None    # [P] cached reference log-probs (precompute_ref)
     ref_rejected_logps: Tensor | None = None  # [P]
+    # padding-free form (`data.packed_pairs`): input_ids/mask [1, N] holding the 2P sequences back to back,
+    # attention_mask None, position ids restarting at 0 per sequence
+    position_ids: Tensor | None = None        # [1, N] long
+    seq_ids: Tensor | None = None             # [1, N] long: sequence (0..2P-1) of each position
+    last_index: Tensor | None = None          # [2P] long: position of each sequence's last token in the row
+    pred_index: Tensor | None = None          # [1, N] long: the position whose hidden state predicts each token
+    num_tokens: int = 0                       # tokens of the 2P sequences (a shared prompt counted per sequence)
+
+    @property
+    def packed(self) -> bool:
+        return self.position_ids is not None
+
+    @property
+    def num_sequences(self) -> int:
+        return 2 * self.num_pairs
+
+    def row_ids(self) -> Tensor:
+        """`[B, T]` sequence index of every position: `seq_ids` when packed, else the row."""
+        if self.seq_ids is not None:
+            return self.seq_ids
+        b, t = self.input_ids.shape
+        return torch.arange(b, device=self.input_ids.device)[:, None].expand(b, t)
+
+    def last_positions(self) -> tuple[Tensor, Tensor]:
+        """(row, column) of each sequence's last real token, for indexing `[B, T, ...]` tensors."""
+        if self.last_index is not None:
+            return torch.zeros_like(self.last_index), self.last_index
+        last = self.attention_mask.sum(-1).long() - 1
+        return torch.arange(last.shape[0], device=last.device), last
 
     @property
     def num_pairs(self) -> int:

@@ -1,7 +1,8 @@
 """Atomic checkpoints and exact resume.
 
 A checkpoint is `output_dir/checkpoints/step-NNNNNNNN/` holding:
-  model.safetensors     every parameter and buffer of the trained module
+  model.safetensors     every parameter and buffer of the trained module; when part of it is frozen
+                        (LoRA), only the trainable parameters (`core/trainable_state.py`)
   optimizer.pt          optimizer state dict (tensors and numbers only; loaded with weights_only=True)
   scheduler.json        LR scheduler state
   rng-rank{R}.pt        python / numpy / torch (and CUDA) RNG states of process R
@@ -28,7 +29,9 @@ import sys
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model
+
+from posttrain.core.trainable_state import TRAINABLE, file_kind, load_trainable_state, save_model_state
 
 from posttrain.core import checkpoint_integrity as integrity
 from posttrain.core.checkpoint_integrity import CorruptCheckpoint
@@ -88,7 +91,7 @@ def latest_complete(ckpt_root: str, log=print) -> str | None:
 def _write_main_files(tmp: str, step: int, *, model, optimizer, scheduler, algo_state: dict,
                       trainer_state: dict, config_yaml: str) -> None:
     """Every file the main process writes, then the manifest (sizes and checksums), fsynced."""
-    save_model(model, os.path.join(tmp, "model.safetensors"))
+    model_state = save_model_state(model, os.path.join(tmp, "model.safetensors"))  # LoRA: trainable only
     torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
     torch.save(algo_state, os.path.join(tmp, "algorithm.pt"))
     with open(os.path.join(tmp, "scheduler.json"), "w") as f:
@@ -97,7 +100,8 @@ def _write_main_files(tmp: str, step: int, *, model, optimizer, scheduler, algo_
         f.write(config_yaml)
     sizes, checksums = integrity.manifest_entries(tmp)
     with open(os.path.join(tmp, "trainer.json"), "w") as f:
-        json.dump({**trainer_state, "step": step, "files": sizes, "checksums": checksums}, f, indent=1)
+        json.dump({**trainer_state, "step": step, "model_state": model_state, "files": sizes, "checksums": checksums},
+                  f, indent=1)
     for name in integrity.walk_files(tmp):
         with open(os.path.join(tmp, name), "rb") as fh:
             os.fsync(fh.fileno())
@@ -204,6 +208,13 @@ def _read_state(path: str, rank: int) -> dict:
     return out
 
 
+def _load_model_state(model, file: str):
+    """(missing, unexpected) after loading a full or trainable-only (LoRA) model file."""
+    if file_kind(file) == TRAINABLE:
+        return load_trainable_state(model, file)
+    return load_model(model, file, strict=False)
+
+
 def load_checkpoint(path: str, *, model, optimizer, scheduler, rank: int, verify: bool = True) -> tuple[dict, dict]:
     """Restore everything from `path`; returns (trainer_state, algo_state). A damaged checkpoint raises
     `CorruptCheckpoint` before anything is changed; one that does not fit the model raises `CheckpointError`."""
@@ -211,7 +222,7 @@ def load_checkpoint(path: str, *, model, optimizer, scheduler, rank: int, verify
     state = _read_state(path, rank)
     weights = os.path.join(path, "model.safetensors")
     try:
-        missing, unexpected = load_model(model, weights, strict=False)
+        missing, unexpected = _load_model_state(model, weights)
     except RuntimeError as e:
         if "size mismatch" in str(e):
             raise CheckpointError(f"{weights} does not match the model: {str(e).splitlines()[-1][:300]}") from None

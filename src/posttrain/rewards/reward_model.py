@@ -115,7 +115,7 @@ class RewardModel:
 
         from posttrain.core.models import DTYPES, resolve_path
 
-        path = resolve_path(path)
+        path = resolve_path(path, name)
         dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
         model = load_scalar_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from posttrain.config import TrainConfig, opt
+from posttrain.config import ConfigError, TrainConfig, opt
 from posttrain.rewards.judge import JudgeConfig
 
 
@@ -33,7 +33,8 @@ class OnlineConfig(TrainConfig):
 
 
 def check_online_config(c: OnlineConfig, name: str) -> None:
-    """Raise ValueError naming the first bad shared setting of algorithm `name`."""
+    """Raise `ConfigError` (a ValueError the CLI prints as one `error:` line) naming the first bad shared
+    setting of algorithm `name`."""
     checks = [
         (c.max_new_tokens > 0, f"max_new_tokens must be > 0, got {c.max_new_tokens!r}"),
         (c.temperature > 0, f"temperature must be > 0 for training rollouts, got {c.temperature!r}"),
@@ -43,4 +44,4 @@ def check_online_config(c: OnlineConfig, name: str) -> None:
     ]
     for ok, msg in checks:
         if not ok:
-            raise ValueError(msg)
+            raise ConfigError(msg)

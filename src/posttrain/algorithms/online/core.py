@@ -107,11 +107,14 @@ class OnlineAlgorithm(Algorithm):
 
     def score(self, prompts, idx: list[int], rollouts):
         """`RewardOutput` of `rollouts` (`rollouts.n` completions of each prompt `idx` of `prompts`): the
-        prompts as `reward_prompts` says, the rows' other columns, and `completion_lengths` in tokens."""
+        prompts as `reward_prompts` says, the rows' other columns, `completion_lengths` and `completion_ids`.
+        TRL-style reward functions receive the prompts as the data holds them (`raw_prompts`)."""
         n = rollouts.n
         shown = prompts.texts if self.reward_prompts == "text" else [r["prompt"] for r in prompts.rows]
         columns = columns_for([prompts.columns(i) for i in idx], n, rollouts.completion_ids)
-        return self.reward.score([shown[i] for i in idx for _ in range(n)], rollouts.texts, **columns)
+        raw = [prompts.rows[i]["prompt"] for i in idx for _ in range(n)]
+        return self.reward.score([shown[i] for i in idx for _ in range(n)], rollouts.texts, raw_prompts=raw,
+                                 **columns)
 
     # ----------------------------------------------------------------- engine hooks
     def micro_batches(self, step: int) -> list:

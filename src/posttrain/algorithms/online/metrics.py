@@ -11,10 +11,11 @@ from posttrain.core.distributed import all_reduce
 
 def columns_for(row_columns: list[dict], n: int, completion_ids: list[list[int]]) -> dict[str, list]:
     """Reward columns, one entry per completion (each row's value repeated for its `n` samples), plus
-    `completion_lengths` (tokens of each completion)."""
+    `completion_lengths` (tokens of each completion) and `completion_ids` (TRL's name for the tokens)."""
     keys = sorted({k for cols in row_columns for k in cols})
     out = {k: [cols.get(k) for cols in row_columns for _ in range(n)] for k in keys}
     out["completion_lengths"] = [len(ids) for ids in completion_ids]
+    out["completion_ids"] = [list(ids) for ids in completion_ids]  # as TRL passes them
     return out
 
 

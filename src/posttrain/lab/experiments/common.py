@@ -47,10 +47,20 @@ class Context:
     threads: int = 1
     fresh: bool = False           # retrain shared stages even when cached
     timings: dict = field(default_factory=dict)
+    seed: int = 0                 # training seed of every stage (the world and its data stay seed 0)
+    seed_dir: bool = False        # write into OUT/<name>/seed-<seed>/ (runs over several seeds)
+    options: dict = field(default_factory=dict)   # an experiment's own switches (e.g. reasoning's --real)
 
     @property
     def out_dir(self) -> str:
-        return os.path.join(self.root, self.name)
+        base = os.path.join(self.root, self.name)
+        return os.path.join(base, f"seed-{self.seed}") if self.seed_dir else base
+
+    def exp_path(self, *parts: str) -> str:
+        """A path in the experiment's folder, shared by its seeds (`OUT/<name>/...`)."""
+        path = os.path.join(self.root, self.name, *parts)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
 
     @property
     def mode(self) -> str:
@@ -81,9 +91,10 @@ def train(ctx: Context, name: str, kind: str, init: str, settings: dict | None =
           quick: dict | None = None, shared: bool = False) -> str:
     """Train stage `name` with the algorithm of the demo's stage `kind`, starting from model folder `init`;
     returns its `final/` folder. Settings: the recipe, the demo's settings for `kind`, then `settings`; with
-    --quick the demo's quick settings, then `quick`. `shared`: cache it under `OUT/_shared` (module docstring)."""
+    --quick the demo's quick settings, then `quick`. `shared`: cache it under `OUT/_shared` (module docstring).
+    A seed other than 0 (`ctx.seed`) is the stage's `seed` (and so part of a shared stage's cache key)."""
     base = demo_stage(kind)
-    full = {**base.settings, **(settings or {})}
+    full = {**base.settings, **({"seed": ctx.seed} if ctx.seed else {}), **(settings or {})}
     small = {**base.quick, **(quick or {})}
     if not shared:
         return _train(ctx, ctx.out_dir, name, kind, init, full, small)
@@ -101,7 +112,13 @@ def train(ctx: Context, name: str, kind: str, init: str, settings: dict | None =
         return _train(ctx, out, name, kind, init, full, small)
 
 
+def _quoted(settings: dict) -> dict:
+    """Strings an override would not read back as themselves (a `{prompt}` template, a newline) JSON-quoted."""
+    return {k: json.dumps(v) if isinstance(v, str) and ("{" in v or "\n" in v) else v for k, v in settings.items()}
+
+
 def _train(ctx: Context, out: str, name: str, kind: str, init: str, full: dict, small: dict) -> str:
+    full, small = _quoted(full), _quoted(small)
     stage = demo.Stage(name, name, demo_stage(kind).module, "init", full, small, recipe=kind)
     t0 = time.perf_counter()
     rec = demo.train_stage(stage, out, ctx.mode, {"init": init}, ctx.threads)

@@ -1,0 +1,47 @@
+"""SIGINT / SIGTERM during training: finish the current step, checkpoint, stop.
+
+The first signal only sets a flag (the engine checks it after each optimizer step, agrees on it
+across processes, writes an atomic checkpoint and raises `TrainingInterrupted`). A second Ctrl-C
+aborts at once (KeyboardInterrupt). Handlers are installed only in the main thread and only while
+training, and the previous ones are restored afterwards.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on SIGINT/SIGTERM after a checkpoint; rerunning the same command resumes."""
+
+    def __init__(self, msg: str, signum: int):
+        super().__init__(msg)
+        self.signum = signum
+
+
+class StopFlag:
+    """Context manager: while inside, SIGINT/SIGTERM set `self.signum` instead of killing the process."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, say=print):
+        self.signum, self.say, self._old = 0, say, {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: abort now
+        if not self.signum:
+            self.signum = signum
+            self.say(f"{signal.Signals(signum).name} received: finishing this step, then saving a checkpoint "
+                     "(Ctrl-C again to abort at once)")
+
+    def __enter__(self) -> "StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}

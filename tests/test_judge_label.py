@@ -1,0 +1,67 @@
+"""`posttrain judge label`: TRL prompt/chosen/rejected rows with confidence, ties and bad rows handled."""
+import json
+import re
+
+import pytest
+
+from posttrain.judge_label import LabelConfig, label
+from posttrain.rewards.judge import JudgeConfig
+
+
+class ByLength:
+    """P(A): longer response preferred; `bias` towards position A."""
+    name = "by-length"
+
+    def __init__(self, bias=0.0):
+        self.bias = bias
+
+    def choice_probs(self, questions, first, second):
+        out = []
+        for q in questions:
+            a, b = re.findall(r"<<<RESPONSE \w+>>>\n(.*?)\n<<<END", q, re.S)
+            out.append(min(1.0, max(0.0, 0.5 + 0.1 * (len(a) - len(b)) + self.bias)))
+        return out
+
+
+def test_label_writes_trl_rows_and_drops_ties(tmp_path):
+    data = tmp_path / "in.jsonl"
+    rows = [{"prompt": "p1", "completions": ["a", "aaa", "aa"], "id": 1},
+            {"prompt": [{"role": "user", "content": "p2"}], "chosen": [{"role": "assistant", "content": "b"}],
+             "rejected": [{"role": "assistant", "content": "bbbb"}]},
+            {"prompt": "p3", "chosen": "same", "rejected": "same"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out" / "pairs.jsonl"
+    cfg = LabelConfig(data=str(data), output=str(out), judge=JudgeConfig(model="m", mode="pairwise"))
+    s = label(cfg, backend=ByLength())
+    got = [json.loads(line) for line in open(out)]
+    # p1: pairs (a, aaa), (a, aa), (aaa, aa): longer wins; "a" vs "aaa": p1 = 0.3, p2 = 1 - 0.7 = 0.3 -> conf 0.7
+    assert [(r["chosen"], r["rejected"]) for r in got[:3]] == [("aaa", "a"), ("aa", "a"), ("aaa", "aa")]
+    assert got[0]["confidence"] == pytest.approx(0.7) and got[0]["id"] == 1 and got[0]["prompt"] == "p1"
+    # p2: the judge flips the data's labels (longer wins), message lists kept as they came
+    assert got[3]["chosen"] == rows[1]["rejected"] and got[3]["prompt"] == rows[1]["prompt"]
+    # p3: equal responses -> p = 0.5 both orders -> tie, dropped and counted
+    assert s["pairs"] == 5 and s["kept"] == 4 and s["ties_dropped"] == 1 and s["position_consistency"] == 0.8
+    assert json.load(open(str(out) + ".summary.json"))["kept"] == 4
+
+
+def test_position_biased_judge_labels_nothing(tmp_path):
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "completions": ["ab", "abc"]}) + "\n")
+    cfg = LabelConfig(data=str(data), output=str(tmp_path / "o.jsonl"), judge=JudgeConfig(model="m", mode="pairwise"))
+    s = label(cfg, backend=ByLength(bias=0.5))
+    assert s["kept"] == 0 and s["ties_dropped"] == 1 and s["first_position_win_rate"] == 1.0
+
+
+def test_bad_rows_and_mode_are_clear_errors(tmp_path, capsys):
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "completions": ["a", "b"]}) + "\n"
+                    + json.dumps({"prompt": "p", "completions": ["only one"]}) + "\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {data}\noutput: {tmp_path / 'o.jsonl'}\njudge:\n  model: m\n  mode: pairwise\n")
+    from posttrain.cli import main as cli
+    assert cli(["judge", "label", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}:2: field 'completions': expected a list of >= 2 candidates" in err
+    assert cli(["judge", "label", "--config", str(cfg), "judge.mode=yes_no"]) == 2
+    assert "error: judge label needs judge.mode: pairwise, found 'yes_no'" in capsys.readouterr().err
+    assert cli(["judge"]) == 2
