@@ -16,7 +16,10 @@ from posttrain.config import ConfigError, to_yaml
 
 RESUMABLE_KEYS = ("max_steps", "logging_steps", "eval_steps", "save_steps", "save_total_limit", "report_to",
                   "threads", "resume", "resume_force", "output_dir", "max_consecutive_skips",
-                  "max_skipped_fraction", "max_weight_growth", "data.max_eval_rows", "sample_steps")
+                  "max_skipped_fraction", "max_weight_growth", "data.max_eval_rows", "sample_steps",
+                  # how the same training is spread over processes (a checkpoint resumes on any number)
+                  "distributed.strategy", "distributed.cpu_offload", "distributed.reshard_after_forward",
+                  "distributed.zero_stage")
 
 
 def flatten(d, prefix: str = "") -> dict:
@@ -33,8 +36,10 @@ def config_differences(saved_yaml: str, cfg) -> list[tuple[str, object, object]]
     """(key, value in the checkpoint, value now) for every non-resumable key that differs. Keys present
     on one side only (a newer or older posttrain) are not compared."""
     old, new = flatten(yaml.safe_load(saved_yaml)), flatten(yaml.safe_load(to_yaml(cfg)))
+    same_global = old.get("distributed.global_batch_size", 0) == new.get("distributed.global_batch_size", 0) > 0
     return [(k, old[k], new[k]) for k in sorted(old.keys() & new.keys())
-            if k not in RESUMABLE_KEYS and old[k] != new[k]]
+            if k not in RESUMABLE_KEYS and old[k] != new[k]
+            and not (k == "batch_size" and same_global)]  # per process, derived from the same global batch
 
 
 def check_resume_config(ckpt_path: str, cfg) -> None:
