@@ -156,10 +156,27 @@ def judge_command(argv: list[str]) -> int:
     return 0
 
 
+def recipes_command(argv: list[str]) -> int:
+    """`posttrain recipes`: each packaged recipe, what its first comment line says, and its file."""
+    from posttrain.config import recipe_names, recipe_path
+
+    if argv:
+        print("usage: posttrain recipes   (then: posttrain <trainer> --config NAME)", file=sys.stderr)
+        return 2
+    names = recipe_names()
+    width = max(len(n) for n in names)
+    for name in names:
+        with open(recipe_path(name), encoding="utf-8") as f:
+            first = f.readline().lstrip("# ").strip()
+        print(f"{name:<{width}}  {first}\n{'':<{width}}  {recipe_path(name)}")
+    return 0
+
+
 def usage() -> str:
     names = "|".join(sorted(TRAINERS))
     return (f"usage: posttrain {{{names}}} --config FILE [key=value ...]\n"
             "       posttrain data inspect [ALGORITHM] --config FILE [key=value ...] [n=3]\n"
+            "       posttrain recipes          (the packaged recipes: --config NAME loads one)\n"
             "       posttrain lab {export|pretrain} ...\n"
             "       posttrain demo [--out DIR]\n"
             "       posttrain serve MODEL [--port 8000]\n"
@@ -176,6 +193,8 @@ def dispatch(argv: list[str]) -> int:
         return run_trainer(cmd, rest)
     if cmd == "data":
         return data_command(rest)
+    if cmd == "recipes":
+        return recipes_command(rest)
     if cmd == "lab":
         from posttrain.lab.cli import main as lab_main
 

@@ -3,7 +3,7 @@
 `loss` picks one row of `posttrain.losses.preference.DPO_LOSSES` ({name: (function, needs_reference)})
 once, at build time, with the settings that variant takes bound (`bind_dpo_loss`):
   sigmoid  DPO (Rafailov et al. 2023); with label_smoothing > 0, conservative DPO (cDPO)
-  ipo      IPO (Azar et al. 2023), on token-averaged log-probs as TRL does
+  ipo      IPO (Azar et al. 2023): loss on token-averaged log-probs, rewards logged on summed ones, as TRL
   hinge    SLiC-style hinge on the log-ratios
   robust   robust DPO (Chowdhury et al. 2024), label_smoothing = assumed flip rate
   simpo    SimPO (Meng et al. 2024): reference-free, length-normalised; no reference is built at all
@@ -82,6 +82,7 @@ def _wmean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 class DPO(Algorithm):
     name = "dpo"
+    dropout = False  # log-ratios against the reference: the policy's forward must be deterministic
     plot_keys = ("loss", "eval/loss", "rewards/accuracy", "rewards/margin", "rewards/chosen", "rewards/rejected",
                  "logps/chosen", "logps/rejected", "eval/rewards/accuracy", "grad_norm")
 
