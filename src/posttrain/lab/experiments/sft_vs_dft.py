@@ -20,13 +20,13 @@ from posttrain.lab.experiments.common import (
 from posttrain.lab.experiments.math_stages import EVAL, SFT_MATH, demos, sft
 
 ARMS = {"sft": {"loss": "nll"}, "dft": {"loss": "dft"}}
-CHECKPOINTS = 3          # evaluated during training: every max_steps / 3 steps (the last is the final model)
+CHECKPOINTS = 3          # evaluated during training: every ceil(max_steps / 3) steps and the final model
 BASE = "small"          # builtin:small, unless --base or --quick
 
 
 def run(ctx: Context) -> dict:
     steps = 3 if ctx.quick else SFT_MATH["max_steps"]
-    every = max(1, steps // CHECKPOINTS)
+    every = -(-steps // CHECKPOINTS)       # ceil: the last checkpoint is the final step (100 -> 34, 68, 100)
     finals = {arm: sft(ctx, arm, ctx.base, {**s, "save_steps": every, "save_total_limit": CHECKPOINTS + 1})
               for arm, s in ARMS.items()}
     eval_rows = read_jsonl(demos(ctx)["eval"])
