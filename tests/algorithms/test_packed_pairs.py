@@ -68,26 +68,46 @@ def test_head_at_scored_positions_equals_full_token_logps(tiny_model_dir, tmp_pa
 
 @pytest.mark.parametrize("loss", ["sigmoid", "simpo"])
 def test_packed_dpo_equals_padded_losses_and_gradients(tiny_model_dir, tmp_path, loss):
-    def run(padding_free):
+    def run(padding_free, share_prompt=False):
         cfg = dpo_cfg(tiny_model_dir, tmp_path, loss=loss, rpo_alpha=0.3, padding_free=padding_free,
+                      share_prompt=share_prompt,
                       **{"data.train": write_pref_jsonl(tmp_path / "r.jsonl", n=16, ranking_every=4)})
         eng = Engine(cfg, DPO(cfg))
-        assert eng.algo.micro_batches(0)[0].packed == padding_free
+        batch = eng.algo.micro_batches(0)[0]
+        assert batch.packed == padding_free and (batch.pred_index is not None) == share_prompt
         _perturb(eng.model)
         return _step(eng)
-    packed, padded = run(True), run(False)
-    assert packed[0]["rewards/margin"] != 0.0
-    _assert_same(packed, padded)
+    padded = run(False)
+    assert padded[0]["rewards/margin"] != 0.0
+    _assert_same(run(True), padded)
+    _assert_same(run(True, share_prompt=True), padded)
 
 
 def test_packed_reward_model_equals_padded_losses_and_gradients(tiny_model_dir, tmp_path):
-    def run(padding_free):
-        eng = make_engine(rm_cfg(tiny_model_dir, tmp_path, padding_free=padding_free, center_rewards_coefficient=0.1))
+    def run(padding_free, share_prompt=False):
+        eng = make_engine(rm_cfg(tiny_model_dir, tmp_path, padding_free=padding_free, share_prompt=share_prompt,
+                                 center_rewards_coefficient=0.1))
         assert eng.algo.micro_batches(0)[0].packed == padding_free
         return _step(eng)
-    packed, padded = run(True), run(False)
-    assert "score.weight" in packed[1]
-    _assert_same(packed, padded)
+    padded = run(False)
+    assert "score.weight" in padded[1]
+    _assert_same(run(True), padded)
+    _assert_same(run(True, share_prompt=True), padded)
+
+
+def test_shared_prompt_layout_by_hand():
+    from posttrain.data.packed_pairs import pack_shared_prompt_collate
+    from posttrain.data.preference import PreferenceExample, Response
+
+    # prompt [5, 6, 7], chosen response [8, 9], rejected response [4]; then a pair sharing nothing
+    ex = PreferenceExample([Response([5, 6, 7, 8, 9], [0, 0, 0, 1, 1]), Response([5, 6, 7, 4], [0, 0, 0, 1])], [(0, 1)])
+    other = PreferenceExample([Response([1, 2], [0, 1]), Response([3, 2], [0, 1])], [(0, 1)])
+    b = pack_shared_prompt_collate([ex, other])
+    assert b.input_ids[0].tolist() == [5, 6, 7, 8, 9, 4, 1, 2, 3, 2]
+    assert b.position_ids[0].tolist() == [0, 1, 2, 3, 4, 3, 0, 1, 0, 1]   # rejected tail continues the prompt
+    assert b.seq_ids[0].tolist() == [0, 0, 0, 0, 0, 2, 1, 1, 3, 3]        # chosen k = k, rejected k = P + k
+    assert b.pred_index[0, 5] == 2                                         # token 4 is predicted from prompt's 7
+    assert b.last_index.tolist() == [4, 7, 5, 9] and b.num_tokens == 5 + 4 + 2 + 2
 
 
 def test_reference_logps_are_cached_on_examples_and_the_copy_freed(tiny_model_dir, tmp_path):

@@ -3,7 +3,7 @@
 `loss` picks one row of `posttrain.losses.preference.DPO_LOSSES` ({name: (function, needs_reference)})
 once, at build time, with the settings that variant takes bound (`bind_dpo_loss`):
   sigmoid  DPO (Rafailov et al. 2023); with label_smoothing > 0, conservative DPO (cDPO)
-  ipo      IPO (Azar et al. 2023), on token-averaged log-probs as TRL does
+  ipo      IPO (Azar et al. 2023): loss on token-averaged log-probs, rewards logged on summed ones, as TRL
   hinge    SLiC-style hinge on the log-ratios
   robust   robust DPO (Chowdhury et al. 2024), label_smoothing = assumed flip rate
   simpo    SimPO (Meng et al. 2024): reference-free, length-normalised; no reference is built at all
@@ -49,6 +49,8 @@ class DPOConfig(TrainConfig):
     drop_truncated: bool = opt(False, "drop rows longer than max_length instead of cutting the responses' tails")
     padding_free: bool = opt(True, "pack each batch's sequences into one row without padding (attention per "
                                    "sequence); off, or a model without plain causal sdpa attention: right padding")
+    share_prompt: bool = opt(True, "with padding_free: each pair's prompt is computed once, chosen and rejected "
+                                   "attend to it as two separate sequences would")
     logits_chunk: int = opt(0, "positions per chunk of the output head; 0 = auto (<= 32M logits a chunk)")
 
 
@@ -65,7 +67,7 @@ def batch_logps(model, batch, chunk_size: int) -> torch.Tensor:
     the head runs at the scored positions only."""
     hidden = hidden_states(model, batch.input_ids, batch.attention_mask, batch.position_ids)
     return sequence_logp_sums(model, hidden, batch.input_ids, batch.mask, batch.row_ids(), batch.num_sequences,
-                              chunk_size=chunk_size)
+                              pred_index=batch.pred_index, chunk_size=chunk_size)
 
 
 def sequence_lengths(batch) -> torch.Tensor:
@@ -80,6 +82,7 @@ def _wmean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 class DPO(Algorithm):
     name = "dpo"
+    dropout = False  # log-ratios against the reference: the policy's forward must be deterministic
     plot_keys = ("loss", "eval/loss", "rewards/accuracy", "rewards/margin", "rewards/chosen", "rewards/rejected",
                  "logps/chosen", "logps/rejected", "eval/rewards/accuracy", "grad_norm")
 
@@ -100,7 +103,7 @@ class DPO(Algorithm):
 
         c = self.cfg
         self.engine, self.pad_id = engine, engine.tokenizer.pad_token_id
-        self.collate, packed = choose_collate(engine.model, c.padding_free)  # before the reference copy is made
+        self.collate, packed = choose_collate(engine.model, c.padding_free, c.share_prompt)  # before the reference copy is made
         if packed:
             engine.say("padding-free pairs: each batch is one packed row, attention per sequence (sdpa_varlen)")
         self.examples, self.eval_examples = load_preference_splits(c, engine.tokenizer, engine.say)
@@ -129,6 +132,10 @@ class DPO(Algorithm):
                 for i, lp in zip(idx, lps.tolist()):
                     ex, k = flat[i]
                     ex.ref_logps[k] = lp
+
+    def tokens(self, batch) -> int:
+        """Tokens of the batch's sequences (a shared prompt counts once per sequence, as padded rows hold it)."""
+        return batch.num_tokens or super().tokens(batch)
 
     def micro_batches(self, step: int):
         return [self.batch([self.examples[i] for i in idx]) for idx in self.sampler.micro_indices(step)]

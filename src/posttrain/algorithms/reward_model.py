@@ -40,6 +40,8 @@ class RewardModelConfig(TrainConfig):
     eval_bins: int = opt(5, "bins of the calibration error and of accuracy-by-margin in eval.json")
     padding_free: bool = opt(True, "pack each batch's sequences into one row without padding (attention per "
                                    "sequence); off, or a model without plain causal sdpa attention: right padding")
+    share_prompt: bool = opt(True, "with padding_free: each pair's prompt is computed once, chosen and rejected "
+                                   "attend to it as two separate sequences would")
 
 
 CONFIG = RewardModelConfig
@@ -68,6 +70,7 @@ def batch_rewards(model, batch) -> torch.Tensor:
 
 class RewardModelTrainer(Algorithm):
     name = "rm"
+    dropout = False  # scores compared within a pair must come from the same deterministic function
     plot_keys = ("loss", "accuracy", "margin", "eval/accuracy", "eval/margin", "eval/ece", "eval/length_pearson",
                  "grad_norm")
 
@@ -84,11 +87,15 @@ class RewardModelTrainer(Algorithm):
         _check_scalar_head(engine.model)
         c = self.cfg
         self.engine, self.pad_id = engine, engine.tokenizer.pad_token_id
-        self.collate, packed = choose_collate(engine.model, c.padding_free)
+        self.collate, packed = choose_collate(engine.model, c.padding_free, c.share_prompt)
         if packed:
             engine.say("padding-free pairs: each batch is one packed row, attention per sequence (sdpa_varlen)")
         self.examples, self.eval_examples = load_preference_splits(c, engine.tokenizer, engine.say)
         self.sampler = StepSampler(len(self.examples), c.batch_size, c.grad_accum, c.seed, engine.rank, engine.world)
+
+    def tokens(self, batch) -> int:
+        """Tokens of the batch's sequences (a shared prompt counts once per sequence, as padded rows hold it)."""
+        return batch.num_tokens or super().tokens(batch)
 
     def micro_batches(self, step: int):
         return [self.collate([self.examples[i] for i in idx], self.pad_id).to(self.engine.device)

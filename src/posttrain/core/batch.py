@@ -48,6 +48,8 @@ class PreferenceBatch(_Movable):
     position_ids: Tensor | None = None        # [1, N] long
     seq_ids: Tensor | None = None             # [1, N] long: sequence (0..2P-1) of each position
     last_index: Tensor | None = None          # [2P] long: position of each sequence's last token in the row
+    pred_index: Tensor | None = None          # [1, N] long: the position whose hidden state predicts each token
+    num_tokens: int = 0                       # tokens of the 2P sequences (a shared prompt counted per sequence)
 
     @property
     def packed(self) -> bool:

@@ -113,22 +113,25 @@ def full_logps_reference(model, input_ids: Tensor, attention_mask: Tensor | None
 
 
 def sequence_logp_sums(model, hidden: Tensor, input_ids: Tensor, mask: Tensor, seq_ids: Tensor, num_seqs: int, *,
-                       chunk_size: int = 0) -> Tensor:
+                       pred_index: Tensor | None = None, chunk_size: int = 0) -> Tensor:
     """Per-sequence sums of the masked token log-probs, float32 `[num_seqs]`; the head runs ONLY where
     `mask` scores a token (no logits for prompt or padding positions).
 
     `hidden` `[B, T, H]` from `hidden_states`; `mask` `[B, T]` (token-aligned: position t scores
-    input_ids[:, t], predicted from hidden[:, t - 1]); `seq_ids` `[B, T]` long, the sequence each
-    position belongs to (a padded batch: its row; a packed row: 0, 1, ... per packed sequence).
-    Equal to `(token_logps(...) * mask)` summed per sequence; a position whose predecessor lies in
-    another packed sequence must have mask 0 (a sequence's first token never scores).
+    input_ids[:, t]); `seq_ids` `[B, T]` long, the sequence each position belongs to (a padded batch: its
+    row; a packed row: 0, 1, ... per packed sequence). The token at flat position t is predicted from the
+    hidden state at flat position t - 1, or at `pred_index[t]` when given (a shared-prompt layout, where a
+    branch's first token follows the prompt, not the row's previous token). Equal to
+    `(token_logps(...) * mask)` summed per sequence; position 0 of a row, and the first token of every
+    packed sequence, must have mask 0 (nothing before it predicts it).
     """
     h = hidden.shape[-1]
-    sel = torch.nonzero(mask[:, 1:].reshape(-1), as_tuple=True)[0]        # scored positions (shifted)
-    flat_h = hidden[:, :-1].reshape(-1, h).index_select(0, sel)
-    targets = input_ids[:, 1:].reshape(-1).index_select(0, sel)
-    weights = mask[:, 1:].reshape(-1).index_select(0, sel).float()
-    owners = seq_ids[:, 1:].reshape(-1).index_select(0, sel)
+    sel = torch.nonzero(mask.reshape(-1), as_tuple=True)[0]                # scored positions, flat
+    pred = sel - 1 if pred_index is None else pred_index.reshape(-1).index_select(0, sel)
+    flat_h = hidden.reshape(-1, h).index_select(0, pred)
+    targets = input_ids.reshape(-1).index_select(0, sel)
+    weights = mask.reshape(-1).index_select(0, sel).float()
+    owners = seq_ids.reshape(-1).index_select(0, sel)
     head = model.get_output_embeddings()
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     step = chunk_size if chunk_size > 0 else auto_chunk(head.weight.shape[0])

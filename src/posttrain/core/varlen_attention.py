@@ -7,6 +7,12 @@ and each sequence runs causal SDPA on its own: cost sum(n_i^2), no mask is built
 across rows. Every other call (a padded batch, generation with a KV cache) goes to the standard `sdpa`
 path unchanged, so the same model still generates. Flash-attention varlen kernels do the same on GPUs;
 this is the CPU (and any-device) version.
+
+Shared prefixes (`data.packed_pairs` with a shared prompt): a sequence whose position ids restart at q > 0
+rather than 0 is a BRANCH of the latest sequence that started at 0: it attends to that sequence's first q
+tokens (the shared prompt) and causally to itself, exactly as if the prompt were repeated in front of it.
+So `[prompt, chosen, rejected]` with rejected's positions restarting at len(prompt) computes chosen and
+rejected as two separate sequences would, with the prompt computed once.
 """
 from __future__ import annotations
 
@@ -38,9 +44,22 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     gqa = query.shape[1] != key.shape[1]
-    outs = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,
-                                           dropout_p=dropout, scale=scaling, enable_gqa=gqa)
-            for s, e in segment_bounds(kwargs["position_ids"])]
+    pos = kwargs["position_ids"].reshape(-1)
+    outs, root = [], 0
+    for s, e in segment_bounds(pos):
+        q0 = int(pos[s])
+        if q0 == 0:
+            root = s
+            outs.append(F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e],
+                                                       is_causal=True, dropout_p=dropout, scale=scaling,
+                                                       enable_gqa=gqa))
+            continue
+        k = torch.cat([key[:, :, root:root + q0], key[:, :, s:e]], dim=2)   # branch: shared prefix + itself
+        v = torch.cat([value[:, :, root:root + q0], value[:, :, s:e]], dim=2)
+        n = e - s
+        mask = torch.ones((n, q0 + n), dtype=torch.bool, device=query.device).tril_(q0)
+        outs.append(F.scaled_dot_product_attention(query[:, :, s:e], k, v, attn_mask=mask, dropout_p=dropout,
+                                                   scale=scaling, enable_gqa=gqa))
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 

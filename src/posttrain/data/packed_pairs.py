@@ -44,16 +44,60 @@ def pack_preference_collate(examples: Sequence[PreferenceExample], pad_id: int |
         weight=torch.tensor([ex.weight for ex in examples for _ in ex.pairs], dtype=torch.float32),
         ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected,
         position_ids=torch.tensor([pos], dtype=torch.long), seq_ids=torch.tensor([owner], dtype=torch.long),
-        last_index=torch.tensor(last, dtype=torch.long))
+        last_index=torch.tensor(last, dtype=torch.long), num_tokens=len(ids))
 
 
-def choose_collate(model, padding_free: bool):
-    """(collate function, packed?): the packed collator when `padding_free` and the model's attention can
-    run per sequence (switching it to `sdpa_varlen`), else `preference_collate` (right padding)."""
+def _shared_len(chosen, rejected) -> int:
+    """Tokens the two sequences share before either's first scored token (their common prompt)."""
+    limit = min(chosen.mask.index(1), rejected.mask.index(1))
+    n = 0
+    while n < limit and chosen.input_ids[n] == rejected.input_ids[n]:
+        n += 1
+    return n
+
+
+def pack_shared_prompt_collate(examples: Sequence[PreferenceExample], pad_id: int | None = None) -> PreferenceBatch:
+    """Every pair as `[prompt, chosen tail, rejected tail]` in one packed row: the prompt (the tokens both
+    share before their first scored token) is computed once per pair. The rejected tail's position ids
+    continue from the prompt, which `core.varlen_attention` reads as a branch (it attends to the prompt,
+    not to the chosen tail); `pred_index` sends the rejected tail's first token to the prompt's last
+    position. Sequence ids, `last_index` and the per-sequence results are those of
+    `pack_preference_collate` (chosen k = sequence k, rejected k = sequence P + k)."""
+    if not examples:
+        raise ValueError("pack_shared_prompt_collate needs at least one example")
+    pairs = [(ex.responses[c], ex.responses[r]) for ex in examples for c, r in ex.pairs]
+    p = len(pairs)
+    ids, pos, mask, owner, pred, last = [], [], [], [], [], [0] * (2 * p)
+    for k, (ch, rj) in enumerate(pairs):
+        s, root = _shared_len(ch, rj), len(ids)
+        for seq, tail_from, who in ((ch, 0, k), (rj, s, p + k)):
+            n = len(seq.input_ids) - tail_from
+            pred += [root + s - 1 if tail_from and s else len(ids) - 1] + list(range(len(ids), len(ids) + n - 1))
+            ids += seq.input_ids[tail_from:]
+            pos += range(tail_from, len(seq.input_ids))
+            mask += seq.mask[tail_from:]
+            owner += [who] * n
+            last[who] = len(ids) - 1
+    ref_chosen, ref_rejected = _ref_tensors(examples)
+    return PreferenceBatch(
+        input_ids=torch.tensor([ids], dtype=torch.long), attention_mask=None,
+        mask=torch.tensor([mask], dtype=torch.float32),
+        margin=torch.tensor([ex.margin for ex in examples for _ in ex.pairs], dtype=torch.float32),
+        weight=torch.tensor([ex.weight for ex in examples for _ in ex.pairs], dtype=torch.float32),
+        ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected,
+        position_ids=torch.tensor([pos], dtype=torch.long), seq_ids=torch.tensor([owner], dtype=torch.long),
+        last_index=torch.tensor(last, dtype=torch.long), pred_index=torch.tensor([pred], dtype=torch.long),
+        num_tokens=sum(len(c.input_ids) + len(r.input_ids) for c, r in pairs))
+
+
+def choose_collate(model, padding_free: bool, share_prompt: bool = True):
+    """(collate function, packed?): when `padding_free` and the model's attention can run per sequence
+    (switching it to `sdpa_varlen`), the packed collator (with each pair's prompt computed once when
+    `share_prompt`), else `preference_collate` (right padding)."""
     from posttrain.core.varlen_attention import use_varlen
 
     from .preference import preference_collate
 
     if padding_free and use_varlen(model):
-        return pack_preference_collate, True
+        return (pack_shared_prompt_collate if share_prompt else pack_preference_collate), True
     return preference_collate, False
