@@ -38,7 +38,7 @@ BASE = "small"          # builtin:small, unless --base or --quick
 
 
 def run(ctx: Context) -> dict:
-    arms = {"sft": sft(ctx, "sft", ctx.base)}
+    arms = {"sft": sft(ctx, "sft", ctx.base, shared=True)}   # the same run as sft_vs_dft's SFT arm
     arms["sft_grpo"] = grpo(ctx, "sft_grpo", arms["sft"])
     for agg, settings in AGGREGATIONS.items():
         arms[f"r1zero_{agg}"] = grpo(ctx, f"r1zero_{agg}", ctx.base, {**R1, **settings})
