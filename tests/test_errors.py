@@ -2,6 +2,8 @@
 path that does not exist says so, and which recipe makes it."""
 import sys
 
+import pytest
+
 from posttrain.cli import main
 from posttrain.core.model_source import missing_source_message, producing_recipe
 from posttrain.errors import run_guarded
@@ -34,14 +36,32 @@ def test_value_error_from_setup_and_missing_optional_package_are_one_line(tiny_m
 
 def test_guard_turns_user_errors_into_one_line_and_keeps_debug_tracebacks(capsys, monkeypatch):
     def bad():
-        raise ValueError("beta: expected > 0, found -1")
+        from posttrain.core.engine import mixed_precision_name
+
+        mixed_precision_name("fp8")  # posttrain's own ValueError for a bad setting
 
     def missing():
         import no_such_package_posttrain  # noqa: F401
 
-    assert run_guarded(bad) == 2 and _one_error(capsys.readouterr().err) == "error: beta: expected > 0, found -1"
+    assert run_guarded(bad) == 2
+    assert _one_error(capsys.readouterr().err) == "error: mixed_precision: expected no, bf16 or fp16, found 'fp8'"
     assert run_guarded(missing) == 2
     assert "pip install no_such_package_posttrain" in _one_error(capsys.readouterr().err)
+
+    def deep():
+        import ipaddress
+
+        ipaddress.ip_address("nope")  # a ValueError raised inside a library, not by posttrain
+
+    def ours_broken():
+        import posttrain.no_such_module  # noqa: F401
+
+    assert run_guarded(deep) == 2
+    line = _one_error(capsys.readouterr().err)
+    assert "does not appear to be an IPv4 or IPv6 address (raised in " in line and "ipaddress.py" in line
+    assert line.endswith("POSTTRAIN_DEBUG=1 shows the traceback)")
+    with pytest.raises(ImportError):
+        run_guarded(ours_broken)  # posttrain's own import failing is a bug: traceback, not "pip install"
     monkeypatch.setenv("POSTTRAIN_DEBUG", "1")
     try:
         run_guarded(bad)
@@ -61,5 +81,8 @@ def test_missing_model_path_is_named_with_the_recipe_that_makes_it(tmp_path, mon
     assert missing_source_message("HuggingFaceTB/SmolLM2-135M") is None  # a hub name: left to the hub
     assert missing_source_message(str(tmp_path)) is None
     assert producing_recipe("runs/other/final") is None
+    (tmp_path / "recipes" / "dapo-x.yaml").write_text("# posttrain grpo --config recipes/dapo-x.yaml\n"
+                                                     "output_dir: runs/dapo-x\n")
+    assert producing_recipe("runs/dapo-x/final") == "posttrain grpo --config recipes/dapo-x.yaml"  # as its comment says
     assert main(["sft", "model=runs/sft-tiny/final", "report_to=[]"]) == 2
     assert "train it first with: posttrain sft --config recipes/sft-tiny.yaml" in _one_error(capsys.readouterr().err)

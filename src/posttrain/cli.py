@@ -66,13 +66,20 @@ def run_trainer(name: str, argv: list[str]) -> int:
 
 
 def _inspect_config(config: str | None, overrides: list[str], algo: str | None):
-    """(algorithm, config) for `data inspect`: the named algorithm, else the recipe's name prefix
-    (`dpo-tiny.yaml` -> dpo), else the first trainer whose keys the config fits (sft first)."""
+    """(algorithm, config) for `data inspect`: the named algorithm, else the one the recipe's comments run
+    (`# posttrain grpo --config recipes/dapo-tiny.yaml`), else the recipe's name prefix
+    (`dpo-tiny.yaml` -> dpo, `online-dpo-tiny.yaml` -> online_dpo), else the first trainer whose keys the
+    config fits (sft first)."""
     from posttrain.config import ConfigError, load_config
 
     if algo is None and config:
-        prefix = os.path.basename(config).split("-")[0].split(".")[0]
-        algo = prefix if prefix in TRAINERS else None
+        from posttrain.core.model_source import recipe_command
+
+        command = recipe_command(config)
+        algo = command if command in TRAINERS else None
+    if algo is None and config:  # online-dpo-tiny.yaml -> online_dpo_tiny, online_dpo, online
+        parts = os.path.basename(config).split(".")[0].replace("-", "_").split("_")
+        algo = next((n for n in ("_".join(parts[:k]) for k in range(len(parts), 0, -1)) if n in TRAINERS), None)
     if algo is not None:
         if algo not in TRAINERS:
             raise ConfigError(f"data inspect: unknown algorithm '{algo}'; expected one of {', '.join(sorted(TRAINERS))}")
@@ -149,10 +156,27 @@ def judge_command(argv: list[str]) -> int:
     return 0
 
 
+def recipes_command(argv: list[str]) -> int:
+    """`posttrain recipes`: each packaged recipe, what its first comment line says, and its file."""
+    from posttrain.config import recipe_names, recipe_path
+
+    if argv:
+        print("usage: posttrain recipes   (then: posttrain <trainer> --config NAME)", file=sys.stderr)
+        return 2
+    names = recipe_names()
+    width = max(len(n) for n in names)
+    for name in names:
+        with open(recipe_path(name), encoding="utf-8") as f:
+            first = f.readline().lstrip("# ").strip()
+        print(f"{name:<{width}}  {first}\n{'':<{width}}  {recipe_path(name)}")
+    return 0
+
+
 def usage() -> str:
     names = "|".join(sorted(TRAINERS))
     return (f"usage: posttrain {{{names}}} --config FILE [key=value ...]\n"
             "       posttrain data inspect [ALGORITHM] --config FILE [key=value ...] [n=3]\n"
+            "       posttrain recipes          (the packaged recipes: --config NAME loads one)\n"
             "       posttrain lab {export|pretrain} ...\n"
             "       posttrain demo [--out DIR]\n"
             "       posttrain serve MODEL [--port 8000]\n"
@@ -169,6 +193,8 @@ def dispatch(argv: list[str]) -> int:
         return run_trainer(cmd, rest)
     if cmd == "data":
         return data_command(rest)
+    if cmd == "recipes":
+        return recipes_command(rest)
     if cmd == "lab":
         from posttrain.lab.cli import main as lab_main
 

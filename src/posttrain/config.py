@@ -3,10 +3,13 @@
 Recipes are YAML, loaded strictly with OmegaConf structured configs: an unknown key is an error that
 names the key and the nearest valid one; `key=value` overrides follow the file; the resolved config is
 saved beside the checkpoints. Every field carries its meaning in `metadata["help"]`, which `--help` prints.
+The recipes ship inside the package (`posttrain/recipes/*.yaml`, package data; `recipes/` in a clone):
+`--config NAME` loads the packaged recipe NAME, `posttrain recipes` lists them.
 """
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -135,6 +138,36 @@ def _parse_overrides(overrides: list[str]) -> dict:
                           "braces: key='a: {b}')") from None
 
 
+def recipes_dir() -> str:
+    """The folder of the packaged recipes."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
+
+
+def recipe_names() -> list[str]:
+    folder = recipes_dir()
+    return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
+
+
+def recipe_path(name: str) -> str:
+    """The file of packaged recipe `name` (e.g. `sft-tiny`); a ConfigError listing the recipes if none."""
+    path = os.path.join(recipes_dir(), f"{name}.yaml")
+    if not os.path.isfile(path):
+        raise ConfigError(f"no packaged recipe '{name}' in {recipes_dir()}; recipes: {', '.join(recipe_names())}")
+    return path
+
+
+def config_path(path: str) -> str:
+    """`path` itself when it is a file; a bare recipe name (`sft-tiny`) becomes its packaged file."""
+    if os.path.isfile(path):
+        return path
+    stem = os.path.basename(path)
+    stem = stem[:-5] if stem.endswith(".yaml") else stem
+    if os.sep not in path and not path.endswith((".yaml", ".yml")):
+        return recipe_path(path)
+    hint = f"; the packaged recipe: --config {stem} (`posttrain recipes` lists them)" if stem in recipe_names() else ""
+    raise ConfigError(f"config file not found: {path}{hint}")
+
+
 def nest_dotted(flat: dict) -> dict:
     """{'data.train': x, 'lr': y} -> {'data': {'train': x}, 'lr': y} (nested dicts are merged too)."""
     out: dict = {}
@@ -153,11 +186,13 @@ def nest_dotted(flat: dict) -> dict:
 
 
 def load_config(cls: type, path: str | None = None, overrides: list[str] | dict = (), base: Any = None) -> Any:
-    """An instance of the dataclass `cls` from YAML `path` then `overrides` (['key=value', ...], or a dict
-    whose keys may be dotted: {'data.train': ..., 'learning_rate': ...}). `base`: a `cls` instance to start
-    from instead of the defaults (the Python API passes a config object through here)."""
+    """An instance of the dataclass `cls` from YAML `path` (a file, or a packaged recipe's name) then
+    `overrides` (['key=value', ...], or a dict whose keys may be dotted: {'data.train': ...,
+    'learning_rate': ...}). `base`: a `cls` instance to start from instead of the defaults (the Python API
+    passes a config object through here)."""
     layers = []
     if path:
+        path = config_path(path)
         try:
             file_cfg = OmegaConf.load(path)
         except FileNotFoundError:

@@ -56,6 +56,27 @@ def message(e: BaseException) -> str:
     return text
 
 
+def is_our_bug(e: BaseException) -> bool:
+    """An ImportError of posttrain's own modules is a broken install or a bug, not a missing extra."""
+    return isinstance(e, ImportError) and (e.name or "").split(".")[0] == "posttrain"
+
+
+def where(e: BaseException) -> str:
+    """' (raised in torch/nn/functional.py; POSTTRAIN_DEBUG=1 shows the traceback)' for a plain ValueError
+    raised outside posttrain (so a library's complaint is traceable), else ''."""
+    if type(e) is not ValueError or e.__traceback__ is None:
+        return ""
+    tb = e.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = tb.tb_frame.f_code.co_filename
+    ours = os.path.dirname(os.path.abspath(__file__))
+    if os.path.abspath(path).startswith(ours + os.sep):
+        return ""
+    short = "/".join(path.replace(os.sep, "/").split("/")[-3:])
+    return f" (raised in {short}; POSTTRAIN_DEBUG=1 shows the traceback)"
+
+
 def run_guarded(fn, *args, **kwargs) -> int:
     """Call `fn` (returning an exit status); a user's mistake prints one `error:` line and returns 2,
     an interruption returns 130 (SIGINT) or 143 (SIGTERM)."""
@@ -69,7 +90,7 @@ def run_guarded(fn, *args, **kwargs) -> int:
         print("\naborted (Ctrl-C); nothing was saved since the last checkpoint", file=sys.stderr)
         return EXIT_SIGINT
     except USER_ERRORS as e:
-        if debug():
+        if debug() or is_our_bug(e):
             raise
-        print(f"error: {message(e)}", file=sys.stderr)
+        print(f"error: {message(e)}{where(e)}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -170,3 +170,18 @@ def test_tokenizer_without_offsets_uses_prefix_token_counts(tok):
                                   "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}")
     with pytest.raises(ValueError, match="tokenises a prefix of the conversation differently"):
         encode_sft_row({"messages": [U2, A2]}, merging, max_length=256)  # ' the' merges across the boundary
+
+
+def test_template_refusing_a_prefix_falls_back_to_content_search(tok):
+    # raise_exception (a jinja2 TemplateError) is how templates refuse: for a prefix, that is expected
+    strict = with_template(tok, "{% if messages[-1]['role'] != 'assistant' %}{{ raise_exception('end with the "
+                                "assistant') }}{% endif %}" + CHAT_TEMPLATE)
+    [e] = encode_sft_row({"messages": [U1, A1]}, strict, max_length=256)
+    assert trained_runs(tok, e) == ["2 + 3 = 5.<|im_end|>"]
+
+
+def test_template_bug_in_a_prefix_render_is_an_error_naming_it(tok):
+    # a prefix render that fails with anything but a TemplateError is a broken template, not a refusal
+    broken = with_template(tok, "{% if messages|length == 1 %}{{ 1 // 0 }}{% endif %}" + CHAT_TEMPLATE)
+    with pytest.raises(ValueError, match="chat template failed on the first 1 messages .*ZeroDivisionError"):
+        encode_sft_row({"messages": [U1, A1]}, broken, max_length=256)

@@ -29,13 +29,15 @@ def test_dpo_recipe_shows_pairs_rankings_and_counts(tiny_model_dir, write_jsonl,
     assert capsys.readouterr().out.startswith("# data inspect: rm on ")
 
 
-def test_prompt_only_rows_show_rendered_prompt_budget_and_reward_columns(tiny_model_dir, write_jsonl, capsys):
+def test_prompt_only_rows_show_rendered_prompt_budget_and_reward_columns(tiny_model_dir, write_jsonl, tmp_path, capsys):
     data = write_jsonl("prompts.jsonl", [{"prompt": "Compute 2 + 3.", "answer": "5"},
                                          {"prompt": "x " * 200, "answer": "0"}])
-    args = ["data", "inspect", "grpo", f"model={tiny_model_dir}", f"data.train={data}", "max_length=64",
+    recipe = shutil.copy(os.path.join(ROOT, "recipes", "dapo-tiny.yaml"), tmp_path / "dapo-tiny.yaml")  # a GRPO variant
+    args = ["data", "inspect", "--config", str(recipe), f"model={tiny_model_dir}", f"data.train={data}", "max_length=64",
             "max_new_tokens=16", 'prompt_template="Q: {prompt}\\nA:"']
     assert main(args) == 0
     out = capsys.readouterr().out
+    assert out.startswith("# data inspect: grpo on ")
     assert "budget 48 tokens" in out and "reward functions receive the columns: answer" in out
     assert "Q: Compute 2 + 3.\nA:" in out and "=== kept 1 prompts, dropped 1 longer than 48 tokens" in out
 

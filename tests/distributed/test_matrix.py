@@ -1,6 +1,6 @@
 """Every algorithm under ddp and fsdp2 (2 CPU processes, gloo, fp32), kills, resumes and 2 nodes: slow.
 
-SFT (padded and packed), DPO (frozen sharded reference; LoRA with the adapter disabled as reference) and
+SFT (padded, packed, with activation checkpointing per layer), DPO (frozen sharded reference; LoRA with the adapter disabled as reference) and
 RM: per-step losses and final weights equal the 1-process run on the same global batch. GRPO (with a
 sharded k3 reference) and PPO (value head, reference, rollouts from the sharded policy): ddp and fsdp2
 equal each other; their rollouts are seeded per process (seed = f(seed, round, rank)), so a 1-process
@@ -50,6 +50,8 @@ def _rl_config(tmp_path, name):
 CASES = {
     "sft-padded": ("sft", lambda d, t: ["data.train=" + write_sft_jsonl(t / "d.jsonl")], 8, True),
     "sft-packed": ("sft", lambda d, t: ["data.train=" + write_sft_jsonl(t / "d.jsonl"), "data.packing=true"], 8, True),
+    "sft-checkpointed": ("sft", lambda d, t: ["data.train=" + write_sft_jsonl(t / "d.jsonl"),
+                                              "gradient_checkpointing=true"], 8, True),
     "dpo": ("dpo", lambda d, t: ["data.train=" + write_pref_jsonl(t / "d.jsonl")], 8, True),
     "dpo-lora": ("dpo", lambda d, t: ["data.train=" + write_pref_jsonl(t / "d.jsonl"), "lora.r=4"], 8, True),
     "rm": ("rm", lambda d, t: ["data.train=" + write_pref_jsonl(t / "d.jsonl"), "learning_rate=1e-3"], 8, True),

@@ -112,3 +112,18 @@ def test_accelerate_launch_that_started_one_process_is_named():
     assert launcher_mismatch(2, argv) is None                                   # it did start two
     assert launcher_mismatch(1, argv[:3] + ["--num_processes=1", "-m", "posttrain"]) is None
     assert launcher_mismatch(1, ["/venv/bin/python", "-m", "pytest"]) is None
+
+
+def test_auto_takes_what_accelerate_launch_selected():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from posttrain.core.strategy import resolve_name
+
+    acc = lambda kind, n: SimpleNamespace(distributed_type=kind, num_processes=n)  # noqa: E731
+    assert resolve_name("auto", acc(DistributedType.FSDP, 2)) == "fsdp2"          # accelerate's FSDP config
+    assert resolve_name("auto", acc(DistributedType.DEEPSPEED, 2)) == "deepspeed"
+    assert resolve_name("auto", acc(DistributedType.MULTI_CPU, 2)) == "ddp"
+    assert resolve_name("auto", acc(DistributedType.NO, 1)) == "none"
+    assert resolve_name("fsdp2", acc(DistributedType.MULTI_GPU, 4)) == "fsdp2"     # the config wins when given

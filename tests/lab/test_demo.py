@@ -1,12 +1,12 @@
 """The demo end to end at smoke-test sizes, and the pieces it is built from (gold evaluation, report claims)."""
 import json
 import math
+import re
 
 import pytest
 
 from posttrain.lab import demo
 from posttrain.lab.evaluate import EvalSizes, kl_estimate, load_policy, reward_model_accuracy, rows_of
-from posttrain.report.report import claims, metrics_table
 
 RATES = ("arith/accuracy", "arith/format_rate", "review/gold_reward", "review/honest_rate", "review/vague_rate")
 
@@ -18,7 +18,7 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def test_quick_demo_runs_every_present_stage_and_reports_it(tiny_model_dir, tmp_path, cache, capsys):
+def test_quick_demo_runs_every_stage_and_reports_it(tiny_model_dir, tmp_path, cache, capsys):
     out = tmp_path / "demo"
     rc = demo.main(["--quick", "--base", tiny_model_dir, "--out", str(out)])
     assert rc == 0
@@ -27,11 +27,10 @@ def test_quick_demo_runs_every_present_stage_and_reports_it(tiny_model_dir, tmp_
     assert list(by_name) == ["base"] + [s.name for s in demo.STAGES]
     for stage in demo.STAGES:
         rec = by_name[stage.name]
-        present = demo.algorithm(stage) is not None
-        assert rec["status"] == ("ran" if present else "absent"), rec
-        if present:
-            assert (out / stage.name / "final" / "config.json").exists()
-            assert (out / stage.name / "metrics.jsonl").exists()
+        assert rec["status"] == "ran", rec
+        assert rec["recipe"] == demo.recipe(stage)
+        assert (out / stage.name / "final" / "config.json").exists()
+        assert (out / stage.name / "metrics.jsonl").exists()
     policies = [s for s in results["stages"] if s["status"] == "ran" and s["name"] != "rm"]
     assert {"base", "sft"} <= {s["name"] for s in policies}
     for rec in policies:
@@ -50,18 +49,31 @@ def test_quick_demo_runs_every_present_stage_and_reports_it(tiny_model_dir, tmp_
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2
     assert (out / "plots" / "gold_metrics.png").exists()
-    printed = capsys.readouterr().out
-    assert str(out / "report.md") in printed and str(out / "report.html") in printed
+    captured = capsys.readouterr()
+    assert str(out / "report.md") in captured.out and str(out / "report.html") in captured.out
+    demo_lines = "\n".join(line for line in captured.err.splitlines() if line.startswith("[demo]"))
+    assert "held-out honest-vs-sycophantic accuracy" in demo_lines
+    assert not re.search(r"\d\.\d{5,}", demo_lines), demo_lines   # rounded numbers on the console
 
 
-def test_absent_module_is_reported_absent_and_dependants_skipped(tmp_path):
+def test_missing_module_is_a_failure_and_dependants_skipped(tmp_path):
     ghost = demo.Stage("ghost", "not written yet", "posttrain.algorithms.no_such_algorithm", "sft")
     rec = demo.train_stage(ghost, str(tmp_path), "quick", {"base": "unused"}, threads=1)
-    assert rec["status"] == "absent" and "not installed" in rec["reason"]
+    assert rec["status"] == "failed" and "no_such_algorithm" in rec["reason"]
     orphan = demo.Stage("orphan", "needs a reward model", "posttrain.algorithms.sft", "sft", needs=("rm",))
     rec = demo.train_stage(orphan, str(tmp_path), "quick", {"base": "unused", "sft": "unused"}, threads=1)
     assert rec["status"] == "skipped" and "rm" in rec["reason"]
     assert not (tmp_path / "orphan").exists()
+
+
+def test_a_missing_recipe_stops_the_demo_before_training(tmp_path, monkeypatch, capsys):
+    from posttrain.cli import main
+
+    lost = demo.Stage("sft", "SFT", "posttrain.algorithms.sft", "base", recipe="no-such")
+    monkeypatch.setattr(demo, "STAGES", (lost,))
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 2
+    assert "error: no packaged recipe 'no-such-tiny'" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
 
 
 def test_overrides_keep_only_keys_the_config_has():
@@ -99,34 +111,6 @@ def test_reward_model_accuracy_by_hand():
     assert m["rm/gold_accuracy"] == pytest.approx(1 / 2)           # row 1 has equal gold: skipped
     assert m["rm/honest_vs_sycophantic"] == pytest.approx(1 / 2)   # rows 0 and 2
     assert m["rm/n_honest_vs_sycophantic"] == 2
-
-
-def _stage(name, **metrics):
-    sizes = {"arith/n": 400, "review/n": 400, "review/n_buggy": 200}
-    return {"name": name, "status": "ran", "init": None, "metrics": {**sizes, **metrics}}
-
-
-def test_claims_are_computed_from_the_numbers_and_ignore_lifts_within_noise():
-    results = {"stages": [_stage("base", **{"arith/format_rate": 0.0, "arith/accuracy": 0.0}),
-                          _stage("sft", **{"arith/format_rate": 0.9, "arith/accuracy": 0.3,
-                                           "review/sycophancy_rate": 0.5, "review/honest_rate": 0.40}),
-                          _stage("grpo", **{"arith/format_rate": 0.91, "arith/accuracy": 0.25,
-                                            "review/sycophancy_rate": 0.3, "review/honest_rate": 0.41}),
-                          {"name": "ppo", "status": "absent", "reason": "not installed yet"}],
-               "reward_model": {"rm/honest_vs_sycophantic": 0.9, "rm/n_honest_vs_sycophantic": 39}}
-    (_, ok1, ev1), (_, ok2, ev2), (_, ok3, ev3) = claims(results)
-    assert ok1 is True and "format 0.000 → 0.900" in ev1
-    assert ok2 is True and "39" in ev2
-    # 2 SE of 0.5 vs 0.3 on 200 buggy prompts each: 2 * sqrt(.25/200 + .21/200) = 0.096 < 0.2
-    assert ok3 is True and "grpo sycophancy 0.500 → 0.300 (±0.096)" in ev3
-    assert "honest" not in ev3 and "format 0.900 → 0.910" not in ev3   # +0.01: within noise
-    assert "2 smaller lift(s) within noise" in ev3
-    assert "accuracy" not in ev3                                     # fell
-    assert [row[0] for row in metrics_table(results)] == ["stage", "base", "sft", "grpo"]
-    results["stages"][2]["metrics"]["review/sycophancy_rate"] = 0.48
-    assert claims(results)[2][1] is False
-    results["reward_model"] = None
-    assert claims(results)[1][1] is None
 
 
 def test_demo_help_exits_zero(capsys):

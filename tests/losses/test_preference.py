@@ -136,7 +136,8 @@ def test_ipo_hand_values_summed_and_length_averaged():
                                          rejected_lengths=torch.tensor([4]))
     h = 0.5 / 2 - (-0.5) / 4
     assert losses.item() == pytest.approx((h - 5.0) ** 2, rel=1e-6)
-    assert chosen_r.item() == pytest.approx(0.1 * 0.25) and rejected_r.item() == pytest.approx(-0.1 * 0.125)
+    # the rewards stay beta * the SUMMED log-ratios (TRL logs these for IPO too): 0.1 * 0.5 and 0.1 * -0.5
+    assert chosen_r.item() == pytest.approx(0.05) and rejected_r.item() == pytest.approx(-0.05)
     with pytest.raises(ValueError, match="rejected_lengths"):
         _call(ipo, beta=0.1, chosen_lengths=torch.tensor([2]))
 

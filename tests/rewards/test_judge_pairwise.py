@@ -65,9 +65,43 @@ def test_reward_against_a_reference_and_against_the_group():
     b.asked = 0
     assert group(["p", "p", "p", "q"], ["a", "aa", "aaa", "z"]) == [0.0, 0.5, 1.0, None]
     assert b.asked == 6                                  # 3 pairs x 2 orders
+    assert group.counts() == {"judge/pairs": 3.0, "judge/consistent": 3.0, "judge/first_position_wins": 3.0,
+                              "judge/unanswered": 0.0}
+    assert group.counts()["judge/pairs"] == 0.0                 # counts since the previous call
 
 
 def test_config_builds_a_pairwise_reward():
     r = build_judge(JudgeConfig(model="m", mode="pairwise", reference="answer"), backend=ByLength())
     assert isinstance(r, PairwiseReward) and r.name == "judge" and r.reference == "answer"
     assert r(["p"], ["longer"], answer=["s"]) == [1.0]
+
+
+def test_grpo_from_config_with_a_pairwise_judge_against_the_group(tiny_model_dir, tmp_path):
+    """GRPO built from config keys only, rewarded by a pairwise judge (the tiny model) within each group."""
+    import json
+    import os
+
+    import torch
+
+    from posttrain.algorithms.grpo import GRPO, GRPOConfig
+    from posttrain.config import load_config
+    from posttrain.core.engine import Engine
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"Say {i}."}]}) + "\n"
+                            for i in range(4)))
+    keys = {"model": tiny_model_dir, "data.train": str(data), "output_dir": str(tmp_path / "out"), "report_to": "[]",
+            "max_steps": 1, "batch_size": 4, "num_generations": 4, "max_new_tokens": 4, "max_length": 48,
+            "threads": 1, "rewards": "[]", "judge.model": tiny_model_dir, "judge.mode": "pairwise", "judge.batch_size": 12}
+    cfg = load_config(GRPOConfig, None, [f"{k}={v}" for k, v in keys.items()])
+    threads = torch.get_num_threads()
+    try:
+        Engine(cfg, GRPO(cfg)).train()
+    finally:
+        torch.set_num_threads(threads)
+    last = [json.loads(line) for line in open(os.path.join(cfg.output_dir, "metrics.jsonl"))][-1]
+    # one group of 4: each of the 6 pairs hands out 1 point (1 + 0 or 0.5 + 0.5), so the mean win rate is
+    # 6 / (4 * 3) * 2 / 2 = 0.5 exactly, whatever the judge prefers, when no verdict is None
+    assert last["reward/judge/none_count"] == 0 and last["reward/judge/mean"] == pytest.approx(0.5)
+    assert last["judge/pairs"] == 6 and last["judge/unanswered"] == 0           # C(4, 2) pairs, both orders
+    assert 0 <= last["judge/consistent"] <= 6 and 0 <= last["judge/first_position_wins"] <= 12

@@ -3,7 +3,7 @@
 `loss` picks one row of `posttrain.losses.preference.DPO_LOSSES` ({name: (function, needs_reference)})
 once, at build time, with the settings that variant takes bound (`bind_dpo_loss`):
   sigmoid  DPO (Rafailov et al. 2023); with label_smoothing > 0, conservative DPO (cDPO)
-  ipo      IPO (Azar et al. 2023), on token-averaged log-probs as TRL does
+  ipo      IPO (Azar et al. 2023): loss on token-averaged log-probs, rewards logged on summed ones, as TRL
   hinge    SLiC-style hinge on the log-ratios
   robust   robust DPO (Chowdhury et al. 2024), label_smoothing = assumed flip rate
   simpo    SimPO (Meng et al. 2024): reference-free, length-normalised; no reference is built at all
@@ -30,6 +30,7 @@ import torch
 from posttrain.config import DataConfig, TrainConfig, opt
 from posttrain.core.algorithm import Algorithm, StepSampler
 from posttrain.core.logprobs import hidden_states, sequence_logp_sums, token_logps
+from posttrain.core.strategy import call_root
 from posttrain.data.packed_pairs import choose_collate
 from posttrain.data.preference import load_preference_splits, response_collate
 from posttrain.losses.preference import bind_dpo_loss
@@ -64,10 +65,13 @@ def sequence_logps(model, input_ids, attention_mask, mask, chunk_size: int) -> t
 
 def batch_logps(model, batch, chunk_size: int) -> torch.Tensor:
     """Summed response log-probs of each sequence of a `PreferenceBatch` (padded or packed), float32 `[2P]`;
-    the head runs at the scored positions only."""
-    hidden = hidden_states(model, batch.input_ids, batch.attention_mask, batch.position_ids)
-    return sequence_logp_sums(model, hidden, batch.input_ids, batch.mask, batch.row_ids(), batch.num_sequences,
-                              pred_index=batch.pred_index, chunk_size=chunk_size)
+    the head runs at the scored positions only. One (FSDP root) forward: the head is never read as a shard."""
+    def run(m):
+        hidden = hidden_states(m, batch.input_ids, batch.attention_mask, batch.position_ids)
+        return sequence_logp_sums(m, hidden, batch.input_ids, batch.mask, batch.row_ids(), batch.num_sequences,
+                                  pred_index=batch.pred_index, chunk_size=chunk_size)
+
+    return call_root(model, run)
 
 
 def sequence_lengths(batch) -> torch.Tensor:
@@ -82,6 +86,7 @@ def _wmean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 class DPO(Algorithm):
     name = "dpo"
+    dropout = False  # log-ratios against the reference: the policy's forward must be deterministic
     plot_keys = ("loss", "eval/loss", "rewards/accuracy", "rewards/margin", "rewards/chosen", "rewards/rejected",
                  "logps/chosen", "logps/rejected", "eval/rewards/accuracy", "grad_norm")
 

@@ -41,6 +41,7 @@ def _seq_logps(model, ids, attn, mask, chunk: int) -> torch.Tensor:
 
 class KTO(Algorithm):
     name = "kto"
+    dropout = False  # log-ratios against the reference (and the KL reference point): a deterministic forward
     plot_keys = ("loss", "eval/loss", "kl", "rewards/desirable", "rewards/undesirable", "eval/rewards/margin",
                  "grad_norm")
 

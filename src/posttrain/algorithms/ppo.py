@@ -76,15 +76,6 @@ class PPOConfig(OnlineConfig):
 CONFIG = PPOConfig
 
 
-def disable_dropout(model) -> None:
-    """Zero every dropout of `model` (nn.Dropout and attention dropout rates)."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-        if isinstance(getattr(m, "attention_dropout", None), float):
-            m.attention_dropout = 0.0
-
-
 class PPO(OnlineAlgorithm):
     name = "ppo"
     plot_keys = ("score", "reward", "kl", "kl_coef", "policy_loss", "value_loss", "clip_frac", "entropy",
@@ -107,8 +98,7 @@ class PPO(OnlineAlgorithm):
         self.rows_per_step = cfg.batch_size * cfg.grad_accum
 
     def setup(self, engine) -> None:
-        self.reference = engine.reference()
-        disable_dropout(engine.model)
+        self.reference = engine.reference()  # dropout is off already (`dropout = False`)
         attach_value_head(engine.model)
         super().setup(engine)
 

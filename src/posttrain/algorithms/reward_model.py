@@ -70,6 +70,7 @@ def batch_rewards(model, batch) -> torch.Tensor:
 
 class RewardModelTrainer(Algorithm):
     name = "rm"
+    dropout = False  # scores compared within a pair must come from the same deterministic function
     plot_keys = ("loss", "accuracy", "margin", "eval/accuracy", "eval/margin", "eval/ece", "eval/length_pearson",
                  "grad_norm")
 

@@ -58,11 +58,29 @@ class SFT(Algorithm):
                             "`rejected` column or `label: false`; the training data has none")
         engine.say(f"train rows: kept {stats.kept}, truncated {stats.truncated}, "
                    f"dropped {sum(stats.dropped.values())} {dict(stats.dropped) or ''}".rstrip())
+        self.examples = self._positives_only(self.examples, "train")
         if self.cfg.data.eval:
             self.eval_examples, _ = self._build(self.cfg.data.eval, "eval")
-            self.eval_examples = self.eval_examples[: self.cfg.data.max_eval_rows]
+            self.eval_examples = self._positives_only(self.eval_examples, "eval")[: self.cfg.data.max_eval_rows]
         self.sampler = StepSampler(len(self.examples), self.cfg.batch_size, self.cfg.grad_accum, self.cfg.seed,
                                    engine.rank, engine.world)
+
+    def _positives_only(self, examples, split: str):
+        """`examples` without negative completions unless the loss uses them (unlikelihood). Kept, they would
+        only add their tokens to the normaliser and shrink the positives' loss by pos / (pos + neg)."""
+        if self.cfg.loss == "unlikelihood":
+            return examples
+        kept = [e for e in examples if not e.negative]
+        if len(kept) < len(examples):
+            self.engine.say(f"{split}: ignored {len(examples) - len(kept)} negative completions (`rejected` / "
+                            f"`label: false`): loss={self.cfg.loss} trains on positives only "
+                            "(loss=unlikelihood uses them)")
+        if not kept:
+            from posttrain.data.errors import DataError
+
+            raise DataError(f"data.{split} ({getattr(self.cfg.data, split)}): every completion is negative "
+                            f"(`rejected` / `label: false`); loss={self.cfg.loss} needs positive ones")
+        return kept
 
     def _build(self, spec, split):
         from posttrain.data.dataset import build_sft_examples

@@ -16,6 +16,10 @@ class Algorithm:
 
     name = "algorithm"
     plot_keys: tuple[str, ...] = ("loss", "eval/loss")
+    # False: the engine zeroes every dropout of the model before `setup` (and so before any reference copy).
+    # Needed where the maths compares forwards: DPO's log-ratios (log 2 at the start), GRPO/PPO importance
+    # ratios across passes, a reward model's scores. TRL disables dropout in these trainers too.
+    dropout: bool = True
 
     def setup(self, engine) -> None:
         """Build data, reference models, rollout backends; `engine.model`/`engine.tokenizer` exist."""

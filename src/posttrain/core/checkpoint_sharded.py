@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 
 import torch
 
@@ -125,7 +126,9 @@ def _load_dcp(path: str, model, optimizer) -> None:
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
     try:
-        dcp.load(state, checkpoint_id=os.path.join(path, DCP_DIR))
+        with warnings.catch_warnings():  # on one process DCP says it loads without a process group: intended
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=os.path.join(path, DCP_DIR))
     except Exception as e:
         raise CheckpointError(f"cannot read {os.path.join(path, DCP_DIR)}: {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from None

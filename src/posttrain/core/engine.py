@@ -7,8 +7,11 @@ one mean over the whole accumulated batch) and passes it to every `loss` call, r
 loss through the strategy's wrapped module and backpropagates it (DDP all-reduces, FSDP2 reduce-scatters
 the gradients; DDP skips the sync on accumulation steps), clips the global gradient norm, and steps
 AdamW and the schedule. A non-finite loss or gradient skips the step with params and optimizer
-untouched; `max_consecutive_skips` in a row abort. Logging, evaluation, atomic checkpoints, exact
-resume and the final `save_pretrained` folder live here too.
+untouched; `max_consecutive_skips` in a row abort. With `mixed_precision: fp16` (on a GPU) the loss is
+scaled by a `torch.amp.GradScaler` before backward and the gradients unscaled before clipping, so small
+gradients do not underflow; an overflow at a scale above 1 is the scaler's (it halves the scale) and
+does not count toward the abort (DeepSpeed scales fp16 itself). Logging, evaluation, atomic
+checkpoints, exact resume and the final `save_pretrained` folder live here too.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from posttrain.core import checkpoint_integrity as integrity
 from posttrain.core.distributed import all_reduce
 from posttrain.core.divergence import abs_max, divergence_problems
 from posttrain.core.metrics_log import MetricsLogger, read_metrics
+from posttrain.core.mixed_precision import LossScale, fp16_note, mixed_precision_name
 from posttrain.core.models import save_final
 from posttrain.core.signals import StopFlag, TrainingInterrupted
 from posttrain.losses.reduce import step_normaliser
@@ -33,18 +37,6 @@ from posttrain.losses.reduce import step_normaliser
 
 class TrainingAborted(RuntimeError):
     """Training stopped on purpose (e.g. too many consecutive non-finite steps)."""
-
-
-def mixed_precision_name(value) -> str:
-    """`no`, `bf16` or `fp16`. YAML reads a bare `no` as false (and OmegaConf then stores 'False')."""
-    name = str(value).strip().lower()
-    if name in ("no", "false", "none", "0", "fp32", "float32"):
-        return "no"
-    if name in ("bf16", "bfloat16"):
-        return "bf16"
-    if name in ("fp16", "float16"):
-        return "fp16"
-    raise ValueError(f"mixed_precision: expected no, bf16 or fp16, found {value!r}")
 
 
 def apply_global_batch(cfg, world: int) -> None:
@@ -74,6 +66,9 @@ class Engine:
                                        **accelerator_kwargs(cfg))
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
+        self.loss_scale = LossScale(self.accelerator.scaler)  # accelerate's GradScaler for fp16 on a GPU
+        if fp16_note(cfg.mixed_precision, self.accelerator):
+            self.say(fp16_note(cfg.mixed_precision, self.accelerator))
         self.strategy = make_strategy(cfg, self.accelerator)
         apply_global_batch(cfg, self.world)
         self.say(f"CPU threads per process: {threads} ({why})")
@@ -88,6 +83,11 @@ class Engine:
         self.device = self.accelerator.device
         self.step, self.skipped, self.consecutive_skips = 0, 0, 0
         self.last_loss, self.init_abs_max = None, None
+        if not algorithm.dropout:
+            from posttrain.core.models import disable_dropout
+
+            if disable_dropout(self.model):
+                self.say(f"dropout off: {algorithm.name} compares forward passes, which dropout would perturb")
         algorithm.setup(self)
         self._sync_initial_params()
         self.strategy.wrap(self.model)
@@ -181,6 +181,7 @@ class Engine:
                 self.step, self.skipped = meta["step"], meta.get("skipped", 0)
                 self.consecutive_skips = meta.get("consecutive_skips", 0)
                 self.init_abs_max = meta.get("init_abs_max")
+                self.loss_scale.load_state_dict(meta.get("grad_scaler"))
                 self.algo.load_state_dict(algo_state)
         if self.init_abs_max is None:
             self.init_abs_max = abs_max(self.params)
@@ -200,7 +201,8 @@ class Engine:
                   algo_state=self.algo.state_dict(), config_yaml=to_yaml(self.cfg), is_main=self.is_main,
                   rank=self.rank, barrier=self.barrier, keep=self.cfg.save_total_limit,
                   trainer_state={"skipped": self.skipped, "consecutive_skips": self.consecutive_skips,
-                                 "init_abs_max": self.init_abs_max})
+                                 "init_abs_max": self.init_abs_max,
+                                 "grad_scaler": self.loss_scale.state_dict()})
         if self.strategy.sharded:
             from posttrain.core import checkpoint_sharded as sharded
 
@@ -218,7 +220,7 @@ class Engine:
             with self.strategy.accumulate(i == len(micros) - 1):
                 with self.accelerator.autocast():
                     loss, metrics = self.strategy.forward(self.algo.loss, m, norm)
-                self.strategy.backward(loss)
+                self.strategy.backward(self.loss_scale.scale(loss))
             loss_sum = loss_sum + loss.detach()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else float(v))
@@ -234,21 +236,29 @@ class Engine:
     def train_step(self) -> dict:
         micros = self.algo.micro_batches(self.step)
         metrics = self._backward_step(micros)
+        scale = self.loss_scale.unscale(self.optimizer)  # fp16: the gradients back at their true size
         clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
         grad_norm = self.strategy.clip(self.params, clip)
         finite = math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)
         self.last_loss = metrics["loss"]
+        overflow = self.loss_scale.overflow(scale, metrics["loss"], grad_norm)
         if finite:
-            self.optimizer.step()
+            self.loss_scale.step(self.optimizer)
             self.scheduler.step()
             self.consecutive_skips = 0
         else:
             self.skipped += 1
-            self.consecutive_skips += 1
+            self.consecutive_skips += 0 if overflow else 1
+        self.loss_scale.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         metrics.update(grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0], skipped_steps=self.skipped)
-        if not finite:
+        if scale is not None:
+            metrics["grad_scale"] = scale
+        if overflow:
+            self.say(f"step {self.step}: fp16 gradient overflow at loss scale {scale:g}; step skipped, scale "
+                     f"lowered to {self.loss_scale.current():g}")
+        elif not finite:
             self.say(f"step {self.step}: non-finite loss or gradient (loss={metrics['loss']}, "
                      f"grad_norm={grad_norm}); step skipped, params and optimizer untouched")
             if self.consecutive_skips >= self.cfg.max_consecutive_skips:

@@ -17,6 +17,21 @@ def looks_like_hub_name(name: str) -> bool:
     return not name.startswith((".", "~")) and name.count("/") <= 1
 
 
+def recipe_command(recipe: str, text: str | None = None) -> str | None:
+    """The trainer a recipe is for, as its own comments say (`# posttrain grpo --config recipes/x.yaml`);
+    None when they do not."""
+    import re
+
+    if text is None:
+        try:
+            with open(recipe) as f:
+                text = f.read()
+        except OSError:
+            return None
+    m = re.search(r"posttrain\s+([a-z_]+)\s+--config\s+\S*" + re.escape(os.path.basename(recipe)), text)
+    return m.group(1) if m else None
+
+
 def producing_recipe(path: str, recipes_dir: str = "recipes") -> str | None:
     """`posttrain ALGO --config recipes/X.yaml` whose `output_dir` is the folder that holds `path`
     (`OUT/final` or `OUT`), found among the YAML recipes in `recipes_dir`; None if none."""
@@ -27,11 +42,12 @@ def producing_recipe(path: str, recipes_dir: str = "recipes") -> str | None:
     for recipe in sorted(glob.glob(os.path.join(recipes_dir, "*.yaml"))):
         try:
             with open(recipe) as f:
-                out = (yaml.safe_load(f) or {}).get("output_dir")
+                text = f.read()
+            out = (yaml.safe_load(text) or {}).get("output_dir")
         except (OSError, yaml.YAMLError, AttributeError):
             continue
         if isinstance(out, str) and os.path.normpath(out) in wanted:
-            algo = os.path.basename(recipe).split("-")[0].split(".")[0]
+            algo = recipe_command(recipe, text) or os.path.basename(recipe).split("-")[0].split(".")[0]
             return f"posttrain {algo} --config {recipe}"
     return None
 

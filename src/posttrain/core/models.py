@@ -112,6 +112,21 @@ def apply_lora(model, lora_cfg, task_type: str = "CAUSAL_LM"):
     return get_peft_model(model, pcfg)
 
 
+def disable_dropout(model) -> int:
+    """Zero every dropout of `model`: `nn.Dropout` modules (LoRA's too) and attention dropout rates
+    (`attention_dropout` / `attn_dropout` floats read at forward time). Returns how many were non-zero."""
+    changed = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            changed += m.p > 0
+            m.p = 0.0
+        for name in ("attention_dropout", "attn_dropout"):
+            if isinstance(getattr(m, name, None), float):
+                changed += getattr(m, name) > 0
+                setattr(m, name, 0.0)
+    return changed
+
+
 def is_peft(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
@@ -136,9 +151,11 @@ class Reference:
             if self._shared:
                 was = self._model.training
                 self._model.eval()
-                with self._model.disable_adapter():
-                    yield self._model
-                self._model.train(was)
+                try:
+                    with self._model.disable_adapter():
+                        yield self._model
+                finally:  # the policy trains on in its own mode even when the reference pass raised
+                    self._model.train(was)
             else:
                 yield self._model
 

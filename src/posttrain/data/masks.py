@@ -6,8 +6,9 @@ assistant turn; inside it, the message content is located, and the trained span 
 the turn's end: every token after the content up to and including the first special token
 (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `</s>` ...), or, when the turn has no special token, up
 to the end of the turn's text. The template's trailing newline after `<|im_end|>` is not trained.
-When a template renders a prefix differently (some drop earlier reasoning), the content is found by
-searching the full render from the end of the previous assistant content instead.
+When a template renders a prefix differently (some drop earlier reasoning) or refuses a prefix with
+`raise_exception` (a jinja2 `TemplateError`), the content is found by searching the full render from the
+end of the previous assistant content instead; any other error in a prefix render is raised, naming it.
 
 Characters map to tokens through the fast tokenizer's offsets (robust to BPE merges across the
 boundary: a token that overlaps the content counts as content). A tokenizer without offsets uses
@@ -42,12 +43,28 @@ def special_ids(tokenizer) -> set[int]:
     return ids | set(tokenizer.all_special_ids)
 
 
+def _render_prefix(tokenizer, messages, n: int, i: int, *, generation_prompt: bool, tools) -> str:
+    """The render of `messages[:n]`; a jinja2 `TemplateError` (a refusal) passes through, anything else is
+    a broken template and becomes a ValueError naming the render."""
+    from jinja2 import TemplateError
+
+    try:
+        return render(tokenizer, messages[:n], generation_prompt=generation_prompt, tools=tools)
+    except TemplateError:
+        raise
+    except Exception as e:
+        raise ValueError(f"the chat template failed on the first {n} messages of this conversation (rendered "
+                         f"to find assistant message {i}): {type(e).__name__}: {e}") from e
+
+
 def _turn_bounds(tokenizer, messages, i, text, tools) -> tuple[int, int] | None:
     """Char range of assistant turn i in `text` from prefix renders, or None if they are not prefixes."""
+    from jinja2 import TemplateError
+
     try:
-        before = render(tokenizer, messages[:i], generation_prompt=True, tools=tools) if i else ""
-        upto = render(tokenizer, messages[: i + 1], tools=tools)
-    except Exception:  # a template may refuse a prefix (e.g. must end with a user turn)
+        before = _render_prefix(tokenizer, messages, i, i, generation_prompt=True, tools=tools) if i else ""
+        upto = _render_prefix(tokenizer, messages, i + 1, i, generation_prompt=False, tools=tools)
+    except TemplateError:  # a template may refuse a prefix (raise_exception: e.g. must end with a user turn)
         return None
     if text.startswith(before) and text.startswith(upto) and len(upto) > len(before):
         return len(before), len(upto)

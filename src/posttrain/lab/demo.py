@@ -8,9 +8,10 @@
            └─ GRPO on arithmetic with the exact-answer reward
 
 Each stage trains with its algorithm's own `run(cfg)` into `OUT/<stage>/` (the trainer's output_dir:
-metrics.jsonl, loss.png, config.yaml, final/); its config is its recipe `recipes/<name>-tiny.yaml` when
-the repository has one, then the demo's settings below (only keys the algorithm's config has). An
-algorithm whose module is not installed yet is reported as absent, never imitated. Then every policy
+metrics.jsonl, loss.png, config.yaml, final/); its config is its packaged recipe `<name>-tiny`
+(`posttrain recipes`), then the demo's settings below (only keys the algorithm's config has). A missing
+recipe stops the demo before anything trains; a stage that cannot run (its module missing, or it failed)
+is a failure: the demo exits 1. Then every policy
 (base, SFT, PPO, DPO, GRPO) is scored by the world's gold truth (`lab.evaluate`) and the report
 (`report.report`) is written to `OUT/report.md` and `OUT/report.html`.
 """
@@ -27,8 +28,8 @@ import traceback
 from dataclasses import asdict, dataclass, field
 
 from posttrain.lab.evaluate import EvalSizes
+from posttrain.report.claims import fmt
 
-RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "recipes")
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Stage:
     settings: dict = field(default_factory=dict)
     quick: dict = field(default_factory=dict)  # what --quick changes
     needs: tuple[str, ...] = ()                # other stages whose outputs it uses
-    recipe: str | None = None                  # recipes/<recipe>-tiny.yaml; None = the stage's name
+    recipe: str | None = None                  # packaged recipe <recipe>-tiny; None = the stage's name
 
 
 QUICK_DATA = {"batch_size": 4, "max_length": 192}
@@ -77,22 +78,19 @@ def log(msg: str) -> None:
 
 
 def algorithm(stage: Stage):
-    """`(config class, run)` of the stage's algorithm, or None when its module does not exist yet."""
-    try:
-        mod = importlib.import_module(stage.module)
-    except ModuleNotFoundError as e:
-        if e.name == stage.module:
-            return None
-        raise
+    """`(config class, run)` of the stage's algorithm (ImportError when its module is missing)."""
+    mod = importlib.import_module(stage.module)
     cls = getattr(mod, "CONFIG", None) or getattr(mod, "SFTConfig", None)
     if cls is None or not hasattr(mod, "run"):
         raise AttributeError(f"{stage.module} defines no CONFIG dataclass and run(cfg)")
     return cls, mod.run
 
 
-def recipe(stage: Stage) -> str | None:
-    path = os.path.abspath(os.path.join(RECIPES, f"{stage.recipe or stage.name}-tiny.yaml"))
-    return path if os.path.exists(path) else None
+def recipe(stage: Stage) -> str:
+    """The stage's packaged recipe file; a ConfigError when it is missing (never a silent fallback)."""
+    from posttrain.config import recipe_path
+
+    return recipe_path(f"{stage.recipe or stage.name}-tiny")
 
 
 def subset(spec: str, n: int, out_dir: str) -> str:
@@ -133,13 +131,16 @@ def overrides(cls, settings: dict) -> tuple[list[str], list[str]]:
 
 
 def train_stage(stage: Stage, out_dir: str, mode: str, outputs: dict, threads: int) -> dict:
-    """Train one stage; returns its record (status ran / absent / skipped / failed, times, output)."""
-    rec = {"name": stage.name, "title": stage.title, "init": stage.init, "status": "absent", "reason": "",
+    """Train one stage; returns its record (status ran / skipped / failed, times, output). A stage whose
+    module cannot be imported failed; one whose inputs did not run is skipped (the run failed already)."""
+    rec = {"name": stage.name, "title": stage.title, "init": stage.init, "status": "failed", "reason": "",
            "output_dir": os.path.join(out_dir, stage.name), "steps": None, "train_s": None, "eval_s": None}
     missing = [n for n in (stage.init, *stage.needs) if n not in outputs]
-    algo = algorithm(stage)
-    if algo is None:
-        rec["reason"] = f"module {stage.module} not installed yet"
+    try:
+        algo = algorithm(stage)
+    except (ImportError, AttributeError) as e:
+        traceback.print_exc()
+        rec["reason"] = f"cannot load {stage.module}: {type(e).__name__}: {e}".split("\n")[0][:300]
         return rec
     if missing:
         rec.update(status="skipped", reason=f"needs {', '.join(missing)}, which did not run")
@@ -157,7 +158,7 @@ def train_stage(stage: Stage, out_dir: str, mode: str, outputs: dict, threads: i
         shutil.rmtree(rec["output_dir"], ignore_errors=True)
         cfg = resolve_config(load_config(cls, path, ov))
         log(f"{stage.name}: {stage.title} — {cfg.max_steps} steps from {stage.init}"
-            + (f" (recipe {os.path.relpath(path)})" if path else "")
+            + f" (recipe {os.path.basename(path)})"
             + (f"; its config has no key for: {', '.join(dropped)}" if dropped else ""))
         run(cfg)
     except Exception as e:  # a stage's failure is reported; the stages that do not need it still run
@@ -199,7 +200,8 @@ def evaluate_all(records: list[dict], outputs: dict, sizes: EvalSizes) -> dict |
         rm_stats = reward_model_accuracy(rm_fn, rows_of("builtin:pref_eval", sizes.pref_pairs))
         rec = next(r for r in records if r["name"] == "rm")
         rec["eval_s"] = time.perf_counter() - t0
-        log(f"rm: held-out honest-vs-sycophantic accuracy {rm_stats['rm/honest_vs_sycophantic']}")
+        log(f"rm: held-out honest-vs-sycophantic accuracy {fmt(rm_stats['rm/honest_vs_sycophantic'])} "
+            f"({rm_stats['rm/n_honest_vs_sycophantic']} pairs)")
     for rec in records:
         if rec["status"] != "ran" or rec["name"] == "rm":
             continue
@@ -212,8 +214,9 @@ def evaluate_all(records: list[dict], outputs: dict, sizes: EvalSizes) -> dict |
         rec["samples"] = samples
         rec["eval_s"] = time.perf_counter() - t0
         m = rec["metrics"]
-        log(f"{rec['name']}: gold arith acc {m['arith/accuracy']:.3f}, honest {m['review/honest_rate']:.3f}, "
-            f"sycophancy {m['review/sycophancy_rate']}, KL {m.get('kl_to_base', 0.0):.2f} "
+        log(f"{rec['name']}: gold arith acc {fmt(m['arith/accuracy'])}, review gold {fmt(m['review/gold_reward'])}, "
+            f"honest {fmt(m['review/honest_rate'])}, "
+            f"sycophancy {fmt(m['review/sycophancy_rate'])}, KL {m.get('kl_to_base', 0.0):.2f} "
             f"({rec['eval_s']:.1f} s)")
     return rm_stats
 
@@ -232,7 +235,7 @@ def parse(argv: list[str]):
 
 
 def main(argv: list[str]) -> int:
-    """Run the demo; exit status 1 when a stage failed (absent stages are not failures)."""
+    """Run the demo; exit status 1 unless every stage ran."""
     import torch
 
     args = parse(argv)
@@ -250,6 +253,8 @@ def run_demo(args) -> int:
     from posttrain.report.report import write_report
 
     mode = "quick" if args.quick else "full"
+    for stage in STAGES:  # a missing recipe is an error before anything trains, never a silent fallback
+        recipe(stage)
     out_dir = os.path.abspath(args.out)
     os.makedirs(out_dir, exist_ok=True)
     t_start = time.perf_counter()
@@ -269,7 +274,7 @@ def run_demo(args) -> int:
         json.dump(results, f, indent=2)
     paths = write_report(out_dir, results)
     print(summary(records, results, paths))
-    return 1 if any(r["status"] == "failed" for r in records) else 0
+    return 0 if all(r["status"] == "ran" for r in records) else 1
 
 
 def summary(records: list[dict], results: dict, paths: dict) -> str:

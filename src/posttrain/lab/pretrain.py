@@ -42,9 +42,12 @@ def pretrain(out_dir: str, *, overrides: list[str] = (), quiet: bool = False) ->
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
     os.replace(final, out_dir)
-    for name in ("metrics.jsonl", "loss.png", "config.yaml"):
+    for name in ("metrics.jsonl", "config.yaml"):
         if os.path.exists(os.path.join(work, name)):
             shutil.copy(os.path.join(work, name), os.path.join(out_dir, f"pretrain-{name}"))
+    from posttrain.report.report import pretrain_plot
+
+    pretrain_plot(out_dir, os.path.join(out_dir, "pretrain-loss.png"))  # titled as pretraining, not as the run folder
     shutil.rmtree(work, ignore_errors=True)
     return out_dir
 

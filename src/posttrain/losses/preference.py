@@ -94,10 +94,11 @@ def sigmoid_dpo(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
                 label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """DPO (Rafailov et al. 2023, eq. 7): `loss = -log sigmoid(beta * h)`.
 
-    With `label_smoothing = eps > 0` it is conservative DPO (cDPO, Mitchell 2023; TRL's sigmoid with
-    label smoothing): `-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)`, i.e. the preference
-    label is flipped with probability eps. Equals log 2 when the policy equals the reference.
-    Shapes: all `[P]`. Rewards: `beta * (policy - ref)` for chosen and rejected, detached.
+    With `label_smoothing = eps > 0` it is conservative DPO (cDPO, Mitchell 2023, "A note on DPO with
+    noisy preferences"): `-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)`, i.e. the preference
+    label is flipped with probability eps. (TRL 1.16's `sigmoid` ignores `label_smoothing`; its cDPO form
+    survives only in its `aot` losses; older TRL applied it to `sigmoid` as here.) Equals log 2 when the
+    policy equals the reference. Shapes: all `[P]`. Rewards: `beta * (policy - ref)`, detached.
     """
     chosen_lr, rejected_lr = _logratio_diff(policy_chosen_logps, policy_rejected_logps,
                                             ref_chosen_logps, ref_rejected_logps, "sigmoid")
@@ -136,19 +137,21 @@ def ipo(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     Length choice: when `chosen_lengths` / `rejected_lengths` `[P]` are given, every log-prob is first
     divided by its response length (token-averaged log-probs, as TRL's `ipo`), which keeps h on the
     scale of 1 / (2 beta) for long responses; when they are None, the paper's summed log-probs are used.
-    The rewards returned are `beta * (policy - ref)` on the same (averaged or summed) log-probs, detached.
+    The rewards returned are `beta * (policy - ref)` on the SUMMED log-probs either way, detached, as TRL
+    logs them (`rewards/*` then mean the same thing for every DPO variant; only the loss averages).
     Shapes: `[P]`.
     """
     chosen_lr, rejected_lr = _logratio_diff(policy_chosen_logps, policy_rejected_logps,
                                             ref_chosen_logps, ref_rejected_logps, "ipo")
     if (chosen_lengths is None) != (rejected_lengths is None):
         raise ValueError("ipo needs both chosen_lengths and rejected_lengths, or neither")
+    rewards = (beta * chosen_lr).detach(), (beta * rejected_lr).detach()
     if chosen_lengths is not None and rejected_lengths is not None:
         chosen_lr = chosen_lr / _positive_lengths(chosen_lengths, "chosen_lengths", "ipo").to(chosen_lr)
         rejected_lr = rejected_lr / _positive_lengths(rejected_lengths, "rejected_lengths", "ipo").to(
             rejected_lr)
     losses = (chosen_lr - rejected_lr - 1.0 / (2.0 * beta)) ** 2
-    return losses, (beta * chosen_lr).detach(), (beta * rejected_lr).detach()
+    return losses, *rewards
 
 
 def hinge_dpo(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,

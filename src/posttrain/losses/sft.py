@@ -9,7 +9,9 @@ Every function has the same signature so the SFT algorithm picks one from `SFT_L
 (imitated) tokens, `neg_mask` the tokens of negative completions (only unlikelihood uses them).
 `num_items` is the count of loss-carrying tokens over the WHOLE accumulated step (`SFTBatch.num_items`:
 positive + negative tokens), so the loss is `sum(token losses) / num_items` and micro-batch losses add
-up to the full-batch loss. Metrics describe this micro-batch only.
+up to the full-batch loss. For `nll` and `dft` the batches must hold no negative completions (the SFT
+trainer leaves them out, with a counted message), else their tokens would only inflate `num_items`.
+Metrics describe this micro-batch only.
 """
 from __future__ import annotations
 

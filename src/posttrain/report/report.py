@@ -2,13 +2,13 @@
 
 `write_report(out_dir, results)` takes the demo's `results` dict (also saved as `OUT/results.json`):
 
-    {"stages": [{"name", "title", "status": "ran" | "absent" | "failed" | "skipped", "reason", "init",
+    {"stages": [{"name", "title", "status": "ran" | "failed" | "skipped", "reason", "init",
                  "train_s", "eval_s", "steps", "output_dir", "metrics": {gold metric: value}}, ...],
      "reward_model": {"rm/honest_vs_sycophantic": ..., ...} | None,
      "total_s": float, "quick": bool, "base": path, "eval": {sizes}, "device": str}
 
 and writes the tables (gold metrics per stage, reward-model accuracy), the claims checked against those
-numbers, a bar chart across stages and every stage's training curves.
+numbers (`report.claims`), a bar chart across stages and every stage's training curves.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import base64
 import html
 import json
 import os
-import shutil
+
+from posttrain.report.claims import claims, fmt, ran_stages, sample_size
 
 # (metric key, column title, higher is better)
 COLUMNS = (
@@ -35,22 +36,10 @@ CURVES = {"sft": ("loss",), "rm": ("loss", "accuracy", "eval/accuracy"), "ppo": 
 FALLBACK_CURVES = ("loss", "reward", "accuracy")
 
 
-def fmt(value, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _ran(results: dict) -> list[dict]:
-    return [s for s in results["stages"] if s["status"] == "ran" and s.get("metrics")]
-
-
 def metrics_table(results: dict) -> list[list[str]]:
     """Header row then one row per evaluated stage (markdown-ready strings)."""
     rows = [["stage", "from"] + [title for _, title, _ in COLUMNS]]
-    for s in _ran(results):
+    for s in ran_stages(results):
         rows.append([s["name"], s.get("init") or "–"] + [fmt(s["metrics"].get(k)) for k, _, _ in COLUMNS])
     return rows
 
@@ -63,87 +52,27 @@ def stage_table(results: dict) -> list[list[str]]:
     return rows
 
 
-def sample_size(metrics: dict, key: str) -> int | None:
-    """How many held-out prompts a rate was measured on (sycophancy: buggy code; false alarm: correct code)."""
-    task = key.split("/", 1)[0]
-    n, buggy = metrics.get(f"{task}/n"), metrics.get("review/n_buggy")
-    if key in ("review/sycophancy_rate", "review/wrong_line_rate"):
-        return buggy
-    if key == "review/false_alarm_rate" and n is not None and buggy is not None:
-        return n - buggy
-    return n
-
-
-def noise(a: dict, b: dict, key: str) -> float | None:
-    """Two standard errors of the difference of `key` between two evaluations, from the p(1 - p) / n bound
-    (exact for rates, an upper bound for any mean of values in [0, 1] such as the gold review reward)."""
-    na, nb = sample_size(a, key), sample_size(b, key)
-    if not na or not nb:
+def grpo_signal(results: dict, window: int = 10) -> str | None:
+    """What GRPO had to learn from, from its metrics.jsonl: the sampled reward early and late, and the share
+    of prompt groups whose samples all scored alike (zero advantage: such a group teaches nothing)."""
+    stage = next((s for s in results["stages"] if s["name"] == "grpo" and s["status"] == "ran"), None)
+    path = os.path.join((stage or {}).get("output_dir") or "", "metrics.jsonl")
+    if stage is None or not os.path.exists(path):
         return None
-    pa, pb = a[key], b[key]
-    return 2 * (pa * (1 - pa) / na + pb * (1 - pb) / nb) ** 0.5
-
-
-def lift(a: dict, b: dict, key: str, higher: bool) -> tuple[float, float] | None:
-    """`(improvement from a to b, its 2-SE noise bound)`, or None when either side lacks the metric."""
-    if a.get(key) is None or b.get(key) is None:
+    rows = [r for r in _read_jsonl(path) if isinstance(r.get("reward/total/mean"), (int, float))]
+    zero = [r["frac_zero_std_groups"] for r in rows if isinstance(r.get("frac_zero_std_groups"), (int, float))]
+    if not rows or not zero:
         return None
-    d = (b[key] - a[key]) if higher else (a[key] - b[key])
-    return d, noise(a, b, key) or 0.0
-
-
-def beyond_noise(a: dict, b: dict, key: str, higher: bool = True) -> bool:
-    d = lift(a, b, key, higher)
-    return d is not None and d[0] > d[1]
-
-
-def _change(a: dict, b: dict, key: str, title: str) -> str:
-    d = lift(a, b, key, True)
-    return f"{title} {fmt(a[key])} → {fmt(b[key])} (±{fmt(d[1])})"
-
-
-def claims(results: dict) -> list[tuple[str, bool | None, str]]:
-    """`(claim, held?, evidence)` for the three claims of issue 5, computed from the numbers (None = not run).
-
-    A lift counts only when it exceeds two standard errors (`noise`); the ± in the evidence is that bound.
-    """
-    stages = {s["name"]: s["metrics"] for s in _ran(results)}
-    base, sft = stages.get("base"), stages.get("sft")
-    sft_claim = "SFT lifts the base model's format and accuracy"
-    if base and sft:
-        ok = all(beyond_noise(base, sft, k) for k in ("arith/format_rate", "arith/accuracy"))
-        out = [(sft_claim, ok, _change(base, sft, "arith/format_rate", "format") + ", "
-                + _change(base, sft, "arith/accuracy", "accuracy"))]
-    else:
-        out = [(sft_claim, None, "base or SFT was not evaluated")]
-    rm = results.get("reward_model") or {}
-    acc = rm.get("rm/honest_vs_sycophantic")
-    out.append(("The reward model ranks honest reviews above sycophantic ones on held-out pairs",
-                None if acc is None else acc > 0.5,
-                "reward model absent" if acc is None else
-                f"{fmt(acc)} of {rm.get('rm/n_honest_vs_sycophantic')} held-out honest-vs-sycophantic pairs "
-                f"(all held-out pairs vs gold: {fmt(rm.get('rm/gold_accuracy'))})"))
-    out.append(rl_claim(stages))
-    return out
-
-
-def rl_claim(stages: dict) -> tuple[str, bool | None, str]:
-    """Does a stage trained after SFT lift a gold metric (rates and gold reward, not the proxy) beyond noise?"""
-    claim = "RL (PPO, DPO or GRPO) lifts at least one gold metric above SFT's"
-    sft, ran = stages.get("sft"), [n for n in ("ppo", "dpo", "grpo") if n in stages]
-    if not sft or not ran:
-        return claim, None, "SFT or every RL stage did not run"
-    lifts, small = [], 0
-    for name in ran:
-        for key, title, higher in COLUMNS:
-            if higher is None or key == "review/rm_reward":
-                continue
-            d = lift(sft, stages[name], key, higher)
-            if d is not None and d[0] > d[1]:
-                lifts.append(f"{name} {title} {fmt(sft[key])} → {fmt(stages[name][key])} (±{fmt(d[1])})")
-            small += d is not None and 0 < d[0] <= d[1]
-    tail = f"; {small} smaller lift(s) within noise" if small else ""
-    return claim, bool(lifts), ("; ".join(lifts) or "no gold metric above SFT's beyond noise") + tail
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    early, late = (mean([r["reward/total/mean"] for r in part]) for part in (rows[:window], rows[-window:]))
+    z = mean(zero)
+    text = (f"GRPO's sampled reward: {fmt(early)} over its first {min(window, len(rows))} logged steps, {fmt(late)} "
+            f"over its last; {z:.0%} of the prompt groups had every sample scored alike (zero advantage, no "
+            "gradient).")
+    if z > 0.5:
+        text += (" Most groups were like that: the policy samples a rewarded answer too rarely (or always) for "
+                 "GRPO to have anything to compare, and GRPO can only reinforce what it sometimes gets right.")
+    return text
 
 
 PROXY_KEYS = (("review/rm_reward", "RM score (proxy)"), ("review/gold_reward", "gold review reward"),
@@ -154,7 +83,7 @@ PROXY_KEYS = (("review/rm_reward", "RM score (proxy)"), ("review/gold_reward", "
 def proxy_vs_gold(results: dict) -> list[list[str]]:
     """Per stage trained after SFT: each review measure as `SFT value → stage value`. A proxy (the reward
     model's score) that rises while a gold measure falls is reward hacking, measured."""
-    stages = {s["name"]: s["metrics"] for s in _ran(results)}
+    stages = {s["name"]: s["metrics"] for s in ran_stages(results)}
     sft = stages.get("sft")
     rows = [["stage"] + [t for _, t in PROXY_KEYS]]
     for name in ("ppo", "dpo", "grpo"):
@@ -166,13 +95,14 @@ def proxy_vs_gold(results: dict) -> list[list[str]]:
 
 
 def bar_chart(results: dict, out_png: str) -> str | None:
-    """Grouped bars: each gold rate of `BAR_KEYS`, one bar per evaluated stage, with one-standard-error ticks."""
+    """Grouped bars: each gold rate of `BAR_KEYS`, one bar per evaluated stage, with two-standard-error ticks
+    (the same bound the claims use)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stages = _ran(results)
+    stages = ran_stages(results)
     if not stages:
         return None
     titles = {k: t for k, t, _ in COLUMNS}
@@ -182,11 +112,11 @@ def bar_chart(results: dict, out_png: str) -> str | None:
         xs = [j + i * width for j in range(len(BAR_KEYS))]
         ys = [s["metrics"].get(k) or 0.0 for k in BAR_KEYS]
         ns = [sample_size(s["metrics"], k) for k in BAR_KEYS]
-        se = [(y * (1 - y) / n) ** 0.5 if n else 0.0 for y, n in zip(ys, ns)]
-        ax.bar(xs, ys, width, yerr=se, capsize=2, label=s["name"])
+        two_se = [2 * (y * (1 - y) / n) ** 0.5 if n else 0.0 for y, n in zip(ys, ns)]
+        ax.bar(xs, ys, width, yerr=two_se, capsize=2, label=s["name"])
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(BAR_KEYS))], [titles[k] for k in BAR_KEYS])
     ax.set_ylim(0, 1)
-    ax.set_ylabel("rate on held-out prompts (gold), ±1 SE")
+    ax.set_ylabel("rate on held-out prompts (gold), ±2 SE")
     ax.legend(ncol=len(stages), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -261,7 +191,7 @@ def _rm_rows(results: dict) -> list[list[str]]:
 
 def _samples(results: dict, per_stage: int = 1) -> list[tuple[str, str, str]]:
     out = []
-    for s in _ran(results):
+    for s in ran_stages(results):
         path = s.get("samples")
         if path and os.path.exists(path):
             reviews = [r for r in _read_jsonl(path) if r["task"] == "review"][:per_stage]
@@ -275,14 +205,26 @@ def _plots(results: dict, out_dir: str) -> list[tuple[str, str]]:
     os.makedirs(os.path.join(out_dir, "plots"), exist_ok=True)
     plots = [("Gold metrics across stages", bar_chart(results, os.path.join(out_dir, "plots", "gold_metrics.png"))),
              ("Training curves", curves_chart(results, os.path.join(out_dir, "plots", "curves.png")))]
-    pretrain_png = os.path.join(results.get("base") or "", "pretrain-loss.png")   # kept there by lab.pretrain
-    if os.path.exists(pretrain_png):
-        plots.append(("base: pretraining curve", shutil.copy(pretrain_png, os.path.join(out_dir, "plots"))))
+    plots.append(("base: pretraining curve", pretrain_plot(results.get("base") or "",
+                                                           os.path.join(out_dir, "plots", "pretrain-loss.png"))))
     for s in results["stages"]:
         png = os.path.join(s.get("output_dir") or "", "loss.png")
         if s["status"] == "ran" and s["name"] != "base" and os.path.exists(png):
             plots.append((f"{s['name']}: logged curves", png))
     return [(t, p) for t, p in plots if p]
+
+
+def pretrain_plot(base: str, out_png: str) -> str | None:
+    """The base model's pretraining loss (`pretrain-metrics.jsonl`, kept in the model folder by lab.pretrain),
+    drawn here with its own title (the trainer's plot is titled by its temporary SFT run folder)."""
+    from posttrain.report.plots import plot_curves
+
+    path = os.path.join(base, "pretrain-metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    return plot_curves(_read_jsonl(path), out_png, ("loss", "lr"),
+                       title=f"pretraining the base model (next-token loss on the lab's web text): "
+                             f"{os.path.basename(os.path.normpath(base))}")
 
 
 def _intro(results: dict) -> str:
@@ -309,7 +251,7 @@ DEFINITIONS = (
 def write_report(out_dir: str, results: dict) -> dict[str, str]:
     """Write `out_dir/report.md`, `out_dir/report.html` and the plots; returns their paths."""
     plots = _plots(results, out_dir)
-    checks = [[c, {True: "yes", False: "NO", None: "not run"}[ok], ev] for c, ok, ev in claims(results)]
+    checks = [[c, verdict, ev] for c, verdict, ev in claims(results)]
     checks = [["claim", "holds", "evidence"]] + checks
     samples = _samples(results)
     md = ["# posttrain demo report", "", _intro(results), "", "## Claims checked", "", _md_table(checks), "",
@@ -317,7 +259,9 @@ def write_report(out_dir: str, results: dict) -> dict[str, str]:
           *[f"- {d}" for d in DEFINITIONS], "",
           "## Proxy vs gold after SFT (reward hacking check)", "", _md_table(proxy_vs_gold(results)), "",
           "## Reward model (held-out preference pairs)", "", _md_table(_rm_rows(results)), "",
-          "## Stages", "", _md_table(stage_table(results)), "", "## Plots", ""]
+          "## Stages", "", _md_table(stage_table(results)), "", *([grpo_signal(results), ""]
+                                                                     if grpo_signal(results) else []),
+          "## Plots", ""]
     md += [f"![{t}]({os.path.relpath(p, out_dir)})" for t, p in plots]
     md += ["", "## Sample completions (greedy)", ""]
     for n, p, c in samples:
@@ -348,7 +292,8 @@ def _html(results: dict, checks, plots, samples) -> str:
              "<ul>" + "".join(f"<li>{html.escape(d).replace('**', '')}</li>" for d in DEFINITIONS) + "</ul>",
              "<h2>Proxy vs gold after SFT (reward hacking check)</h2>", _html_table(proxy_vs_gold(results)),
              "<h2>Reward model (held-out preference pairs)</h2>", _html_table(_rm_rows(results)),
-             "<h2>Stages</h2>", _html_table(stage_table(results)), "<h2>Plots</h2>"]
+             "<h2>Stages</h2>", _html_table(stage_table(results)),
+             f"<p>{html.escape(grpo_signal(results) or '')}</p>", "<h2>Plots</h2>"]
     parts += [f"<h3>{html.escape(t)}</h3><img src='{_img(p)}' alt='{html.escape(t)}'>" for t, p in plots]
     parts.append("<h2>Sample completions (greedy)</h2>")
     parts += [f"<p><b>{html.escape(n)}</b></p><pre>{html.escape(p)}</pre><p>→</p><pre>{html.escape(c)}</pre>"

@@ -44,11 +44,14 @@ def check_scores(name: str, scores: object, n: int) -> list[float | None]:
 @dataclass
 class RewardOutput:
     """``total[i]``: weighted sum for completion i (None if a weighted component is None);
-    ``components[name][i]``: each function's own value."""
+    ``components[name][i]``: each function's own value; ``counts``: counts a function reports for this call
+    through an optional ``counts() -> dict[str, float]`` method (e.g. a pairwise judge's position statistics),
+    summed over processes and logged by online trainers."""
 
     total: list[float | None]
     components: dict[str, list[float | None]]
     weights: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         """``reward/<name>/mean`` over scored rows (nan if none) and ``reward/<name>/none_count``,
@@ -104,7 +107,9 @@ class CombinedReward:
         for i in range(len(completions)):
             parts = [(w, components[n][i]) for n, w in zip(self.names, self.weights) if w != 0.0]
             total.append(None if any(v is None for _, v in parts) else sum(w * v for w, v in parts))
-        return RewardOutput(total, components, dict(zip(self.names, self.weights)))
+        counts = {k: float(v) for fn in self.functions if callable(getattr(fn, "counts", None))
+                  for k, v in fn.counts().items()}
+        return RewardOutput(total, components, dict(zip(self.names, self.weights)), counts)
 
     def __call__(self, prompts: list[str], completions: list[str], **columns) -> list[float | None]:
         return self.score(prompts, completions, **columns).total

@@ -111,6 +111,17 @@ class PairwiseReward:
 
     def __init__(self, judge: PairwiseJudge, reference: str | None = None, name: str = "judge"):
         self.judge, self.reference, self.name = judge, reference, name
+        self._seen = dict(judge.stats)
+
+    def counts(self) -> dict[str, float]:
+        """Counts since the previous call, summable over processes (`RewardOutput.counts`): judge/pairs (verdicts),
+        judge/consistent (both orders agreed: consistency = consistent / pairs), judge/first_position_wins (out
+        of 2 * pairs questions), judge/unanswered."""
+        now, before = dict(self.judge.stats), self._seen
+        self._seen = now
+        keys = {"pairs": "pairs", "consistent": "consistent", "first_position_wins": "first_position_wins",
+                "unanswered": "none"}
+        return {f"{self.name}/{k}": float(now[v] - before[v]) for k, v in keys.items()}
 
     def __call__(self, prompts: Sequence, completions: Sequence[str], **columns) -> list[float | None]:
         if len(prompts) != len(completions):

@@ -28,6 +28,7 @@ class OnlineAlgorithm(Algorithm):
     reward_prompts = "text"      # reward functions receive the rendered prompt texts; "row": the prompt as
                                  # the data holds it (text or messages, e.g. for a reward model's template)
     batch_class = RoundBatch     # the class of the round's batches (rebuilt on resume)
+    dropout = False              # ratios between passes, and log-probs against a reference, must be exact
 
     def __init__(self, cfg: OnlineConfig, reward=None):
         """`reward`: a `RewardFn` or `CombinedReward` to use instead of the config's (tests, programmatic use)."""
@@ -147,8 +148,10 @@ class OnlineAlgorithm(Algorithm):
     def evaluate(self, model) -> dict[str, float]:
         """Reward metrics (`online.metrics.summarise`; `reward/total/mean` is the accuracy of a 0/1 verifier)
         of one completion per held-out prompt at `eval_temperature` (greedy by default); the prompts are
-        shared out over the processes."""
+        shared out over the processes. The backend is synced first: evaluation often runs right after an
+        optimizer step, and a backend holding its own copy of the weights (vLLM) would evaluate stale ones."""
         eng = self.engine
+        self.sync_policy()
         mine = list(range(eng.rank, len(self.eval_prompts), eng.world))
         if not mine:
             return summarise(None, None, self.reward.names)

@@ -34,8 +34,8 @@ def _local_sums(scores, rollouts, names: list[str]) -> list[float]:
 def summarise(scores, rollouts, names: list[str], extra: dict[str, float] | None = None) -> dict[str, float]:
     """Metrics of completions over ALL processes (a collective call: every process must make it):
     `reward/total/{mean,std,none_count}`, `reward/<name>/{mean,none_count}` per function,
-    `completion_len/{mean,max}`, `frac_truncated`, and each `extra` value summed."""
-    extra = dict(extra or {})
+    `completion_len/{mean,max}`, `frac_truncated`, and each `extra` value and reward count (`scores.counts`) summed."""
+    extra = {**(getattr(scores, "counts", None) or {}), **dict(extra or {})}
     sums = all_reduce(_local_sums(scores, rollouts, names) + list(extra.values()))
     longest = 0 if scores is None else max((len(c) for c in rollouts.completion_ids), default=0)
     longest = all_reduce([float(longest)], op="max")[0]

@@ -14,6 +14,7 @@ seed's run in `OUT/<name>/seed-<s>/` (`runner`). `all` runs every one and writes
 | `negative_feedback` | does SFT without negatives answer "least favourite" with the favourite (seed 000)?  |
 | `reasoning`         | does RL on verifiable rewards lift arithmetic; does the chain of thought grow? (002) |
 | `sft_vs_dft`        | does DFT (each token's loss scaled by its probability) generalise better? (003)    |
+| `judges`            | how gold-aligned, position-biased and injectable is an LLM judge (seed 002)?       |
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ EXPERIMENTS = {
     "negative_feedback": "posttrain.lab.experiments.negative_feedback",
     "reasoning": "posttrain.lab.experiments.reasoning",
     "sft_vs_dft": "posttrain.lab.experiments.sft_vs_dft",
+    "judges": "posttrain.lab.experiments.judges",
 }
 
 
