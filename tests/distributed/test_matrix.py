@@ -104,10 +104,12 @@ def test_sigkill_during_fsdp2_then_rerun_is_bit_identical(tiny_model_dir, tmp_pa
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_one_to_two_processes(tiny_model_dir, tmp_path):
-    """A full 1-process checkpoint read into the sharded 2-process model, then trained to the end."""
+@pytest.mark.parametrize("lora", [0, 4])
+def test_resume_one_to_two_processes(tiny_model_dir, tmp_path, lora):
+    """A 1-process checkpoint (full; with LoRA the trainable tensors only) read into the sharded 2-process
+    model, then trained to the end."""
     data = write_sft_jsonl(tmp_path / "train.jsonl")
-    args = _common(tiny_model_dir, max_steps=4, save_steps=2) + [f"data.train={data}",
+    args = _common(tiny_model_dir, max_steps=4, save_steps=2) + [f"data.train={data}", f"lora.r={lora}",
                                                                  "distributed.global_batch_size=8"]
     assert main(["sft"] + args + [f"output_dir={tmp_path / 'one'}"]) == 0
     part = tmp_path / "part"
