@@ -51,3 +51,12 @@ def test_differences_ignore_resumable_and_one_sided_keys():
         rc.to_yaml = orig
     assert diffs == [("data.train", "a.jsonl", "b.jsonl"), ("learning_rate", 0.1, 0.2)]
     assert "max_steps" in RESUMABLE_KEYS and "data.max_eval_rows" in RESUMABLE_KEYS
+    # a per-process batch derived from the same global batch (a 2-process run resumed on one) may differ
+    g2 = "batch_size: 4\ndistributed:\n  global_batch_size: 8\n  strategy: fsdp2\n"
+    rc.to_yaml = lambda cfg: "batch_size: 8\ndistributed:\n  global_batch_size: 8\n  strategy: auto\n"
+    try:
+        assert config_differences(g2, Cfg()) == []
+        assert config_differences(g2.replace("global_batch_size: 8", "global_batch_size: 16"), Cfg()) == [
+            ("batch_size", 4, 8), ("distributed.global_batch_size", 16, 8)]
+    finally:
+        rc.to_yaml = orig

@@ -1,6 +1,6 @@
 """Every algorithm under ddp and fsdp2 (2 CPU processes, gloo, fp32), kills, resumes and 2 nodes: slow.
 
-SFT (padded and packed), DPO (frozen sharded reference; LoRA with the adapter disabled as reference) and
+SFT (padded, packed, with activation checkpointing per layer), DPO (frozen sharded reference; LoRA with the adapter disabled as reference) and
 RM: per-step losses and final weights equal the 1-process run on the same global batch. GRPO (with a
 sharded k3 reference) and PPO (value head, reference, rollouts from the sharded policy): ddp and fsdp2
 equal each other; their rollouts are seeded per process (seed = f(seed, round, rank)), so a 1-process
@@ -50,6 +50,8 @@ def _rl_config(tmp_path, name):
 CASES = {
     "sft-padded": ("sft", lambda d, t: ["data.train=" + write_sft_jsonl(t / "d.jsonl")], 8, True),
     "sft-packed": ("sft", lambda d, t: ["data.train=" + write_sft_jsonl(t / "d.jsonl"), "data.packing=true"], 8, True),
+    "sft-checkpointed": ("sft", lambda d, t: ["data.train=" + write_sft_jsonl(t / "d.jsonl"),
+                                              "gradient_checkpointing=true"], 8, True),
     "dpo": ("dpo", lambda d, t: ["data.train=" + write_pref_jsonl(t / "d.jsonl")], 8, True),
     "dpo-lora": ("dpo", lambda d, t: ["data.train=" + write_pref_jsonl(t / "d.jsonl"), "lora.r=4"], 8, True),
     "rm": ("rm", lambda d, t: ["data.train=" + write_pref_jsonl(t / "d.jsonl"), "learning_rate=1e-3"], 8, True),
@@ -102,10 +104,12 @@ def test_sigkill_during_fsdp2_then_rerun_is_bit_identical(tiny_model_dir, tmp_pa
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_one_to_two_processes(tiny_model_dir, tmp_path):
-    """A full 1-process checkpoint read into the sharded 2-process model, then trained to the end."""
+@pytest.mark.parametrize("lora", [0, 4])
+def test_resume_one_to_two_processes(tiny_model_dir, tmp_path, lora):
+    """A 1-process checkpoint (full; with LoRA the trainable tensors only) read into the sharded 2-process
+    model, then trained to the end."""
     data = write_sft_jsonl(tmp_path / "train.jsonl")
-    args = _common(tiny_model_dir, max_steps=4, save_steps=2) + [f"data.train={data}",
+    args = _common(tiny_model_dir, max_steps=4, save_steps=2) + [f"data.train={data}", f"lora.r={lora}",
                                                                  "distributed.global_batch_size=8"]
     assert main(["sft"] + args + [f"output_dir={tmp_path / 'one'}"]) == 0
     part = tmp_path / "part"
@@ -133,3 +137,15 @@ def test_two_nodes_of_one_process_equal_one_node_of_two(tiny_model_dir, tmp_path
     assert all(n.returncode == 0 for n in nodes), [o[1][-2000:] for o in outs]
     assert "world size 2, strategy ddp" in outs[0][1]
     assert_same_run(str(tmp_path / "one-node"), str(tmp_path / "two-nodes"), rel=1e-6, atol=1e-6)
+
+
+def test_accelerate_launch_without_multi_gpu_on_cpu_warns(tiny_model_dir, tmp_path):
+    """The README's old command: on CPU, accelerate starts ONE process; the run says so (issue 10, trip 1)."""
+    import sys
+
+    data = write_sft_jsonl(tmp_path / "train.jsonl", n=8)
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    r = run([accelerate, "launch", "--num_processes", "2", "-m", "posttrain", "sft"]
+            + sft_overrides(tiny_model_dir, data, str(tmp_path / "out"), max_steps=1, threads=1))
+    assert "world size 1, strategy none" in r.stderr
+    assert "warning: accelerate launch asked for 2 processes but started this ONE" in r.stderr

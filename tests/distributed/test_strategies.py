@@ -42,9 +42,13 @@ def test_sft_ddp_fsdp2_equal_one_process_half_bytes_and_resume_on_one(tiny_model
     one_bytes = local_bytes(eng)
     assert eng.cfg.batch_size == 8 and eng.strategy.name == "none"
 
-    worker([{"algo": "sft", "out": str(tmp_path / "ddp"), "overrides": args + ["distributed.strategy=ddp"]},
-            {"algo": "sft", "out": str(tmp_path / "fsdp2"), "overrides": args + ["distributed.strategy=fsdp2"],
-             "measure_bytes": str(tmp_path / "bytes.json")}])
+    r = worker([{"algo": "sft", "out": str(tmp_path / "ddp"), "overrides": args + ["distributed.strategy=ddp"]},
+                {"algo": "sft", "out": str(tmp_path / "fsdp2"), "overrides": args + ["distributed.strategy=fsdp2"],
+                 "measure_bytes": str(tmp_path / "bytes.json")}])
+    # every run says first how it runs (issue 10: a one-process run must not pass for a parallel one)
+    assert "world size 2, strategy ddp, device cpu" in r.stderr
+    assert "world size 2, strategy fsdp2 (2 layers + root), device cpu" in r.stderr
+    assert "dtype torch.float32 (mixed precision no), batch 4 per process x 1 accumulation x 2 processes" in r.stderr
     assert_same_run(one, str(tmp_path / "ddp"))
     assert_same_run(one, str(tmp_path / "fsdp2"))
     with open(tmp_path / "bytes.json") as f:
@@ -112,3 +116,18 @@ def test_accelerate_launch_that_started_one_process_is_named():
     assert launcher_mismatch(2, argv) is None                                   # it did start two
     assert launcher_mismatch(1, argv[:3] + ["--num_processes=1", "-m", "posttrain"]) is None
     assert launcher_mismatch(1, ["/venv/bin/python", "-m", "pytest"]) is None
+
+
+def test_auto_takes_what_accelerate_launch_selected():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from posttrain.core.strategy import resolve_name
+
+    acc = lambda kind, n: SimpleNamespace(distributed_type=kind, num_processes=n)  # noqa: E731
+    assert resolve_name("auto", acc(DistributedType.FSDP, 2)) == "fsdp2"          # accelerate's FSDP config
+    assert resolve_name("auto", acc(DistributedType.DEEPSPEED, 2)) == "deepspeed"
+    assert resolve_name("auto", acc(DistributedType.MULTI_CPU, 2)) == "ddp"
+    assert resolve_name("auto", acc(DistributedType.NO, 1)) == "none"
+    assert resolve_name("fsdp2", acc(DistributedType.MULTI_GPU, 4)) == "fsdp2"     # the config wins when given

@@ -126,7 +126,8 @@ def test_all_writes_one_report_over_experiments_run_with_two_seeds(tiny_model_di
     assert set(effect["diffs"]) == {"0", "1"} and "holds" in effect
     for s in (0, 1):
         assert (out / "sft_vs_dft" / f"seed-{s}" / "report.md").exists()
-        assert (out / "sft_vs_dft" / f"seed-{s}" / "sft" / "checkpoints").is_dir()
+        assert (out / "sft_vs_dft" / f"seed-{s}" / "dft" / "checkpoints").is_dir()
+    assert len(list((out / "_shared").glob("sft-*/checkpoints"))) == 2     # the SFT arm: shared, one per seed
     report = (out / "report.md").read_text()
     assert "2 training seeds" in report and "](sft_vs_dft/plots/seeds.png)" in report
     page = (out / "report.html").read_text()

@@ -30,6 +30,7 @@ import torch
 from posttrain.config import DataConfig, TrainConfig, opt
 from posttrain.core.algorithm import Algorithm, StepSampler
 from posttrain.core.logprobs import hidden_states, sequence_logp_sums, token_logps
+from posttrain.core.strategy import call_root, inference_context
 from posttrain.data.packed_pairs import choose_collate
 from posttrain.data.preference import load_preference_splits, response_collate
 from posttrain.losses.preference import bind_dpo_loss
@@ -64,10 +65,13 @@ def sequence_logps(model, input_ids, attention_mask, mask, chunk_size: int) -> t
 
 def batch_logps(model, batch, chunk_size: int) -> torch.Tensor:
     """Summed response log-probs of each sequence of a `PreferenceBatch` (padded or packed), float32 `[2P]`;
-    the head runs at the scored positions only."""
-    hidden = hidden_states(model, batch.input_ids, batch.attention_mask, batch.position_ids)
-    return sequence_logp_sums(model, hidden, batch.input_ids, batch.mask, batch.row_ids(), batch.num_sequences,
-                              pred_index=batch.pred_index, chunk_size=chunk_size)
+    the head runs at the scored positions only. One (FSDP root) forward: the head is never read as a shard."""
+    def run(m):
+        hidden = hidden_states(m, batch.input_ids, batch.attention_mask, batch.position_ids)
+        return sequence_logp_sums(m, hidden, batch.input_ids, batch.mask, batch.row_ids(), batch.num_sequences,
+                                  pred_index=batch.pred_index, chunk_size=chunk_size)
+
+    return call_root(model, run)
 
 
 def sequence_lengths(batch) -> torch.Tensor:
@@ -150,7 +154,7 @@ class DPO(Algorithm):
     def reference_logps(self, batch, examples):
         """(ref chosen [P], ref rejected [P]) from one reference forward (no autograd at all), each
         response's value cached on its example; the reference copy is freed once every example has one."""
-        with self.ref.model() as ref, torch.inference_mode():
+        with self.ref.model() as ref, inference_context(ref):  # no_grad under fsdp2
             lps = batch_logps(ref, batch, self.cfg.logits_chunk)
         lps, p = lps.clone(), batch.num_pairs  # a normal tensor again (inference tensors cannot be saved for backward)
         k, values = 0, lps.tolist()

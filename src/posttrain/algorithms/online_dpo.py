@@ -69,6 +69,7 @@ def _seq_logps(model, b, chunk: int) -> Tensor:
 class OnlineDPO(OnlineAlgorithm):
     name = "online_dpo"
     samples_per_prompt = 2
+    reward_prompts = "row"       # as PPO: a reward model or judge renders message prompts with its own template
     batch_class = PairBatch
     plot_keys = ("loss", "reward/total/mean", "eval/reward/total/mean", "rewards/accuracy", "rewards/margin",
                  "reward_gap", "pairs_tied", "completion_len/mean")

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 
 import torch
 
@@ -125,7 +126,9 @@ def _load_dcp(path: str, model, optimizer) -> None:
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
     try:
-        dcp.load(state, checkpoint_id=os.path.join(path, DCP_DIR))
+        with warnings.catch_warnings():  # on one process DCP says it loads without a process group: intended
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=os.path.join(path, DCP_DIR))
     except Exception as e:
         raise CheckpointError(f"cannot read {os.path.join(path, DCP_DIR)}: {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from None
@@ -139,8 +142,15 @@ def _load_full_into_sharded(path: str, model, optimizer) -> None:
                                                          set_optimizer_state_dict)
 
     full = load_file(os.path.join(path, "model.safetensors"))
-    opts = StateDictOptions(full_state_dict=True)
+    # a LoRA run's checkpoint holds the trainable tensors only (core/trainable_state.py); the frozen base
+    # comes from the model as loaded. Anything trainable missing is an error.
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(trainable - set(full))
+    if missing:
+        raise CheckpointError(f"{path}/model.safetensors lacks trained weights of the model: {missing[:5]}")
+    opts = StateDictOptions(full_state_dict=True, strict=set(full) != trainable)
     set_model_state_dict(model, full, options=opts)
+    opts = StateDictOptions(full_state_dict=True)
     saved = torch.load(os.path.join(path, "optimizer.pt"), weights_only=True)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     groups, offset = [], 0

@@ -16,7 +16,10 @@ from posttrain.config import ConfigError, to_yaml
 
 RESUMABLE_KEYS = ("max_steps", "logging_steps", "eval_steps", "save_steps", "save_total_limit", "report_to",
                   "threads", "resume", "resume_force", "output_dir", "max_consecutive_skips",
-                  "max_skipped_fraction", "max_weight_growth", "data.max_eval_rows", "sample_steps")
+                  "max_skipped_fraction", "max_weight_growth", "data.max_eval_rows", "sample_steps",
+                  # where the work runs, not what is computed (a sharded run may resume on one process):
+                  "distributed.strategy", "distributed.cpu_offload", "distributed.reshard_after_forward",
+                  "distributed.zero_stage", "gradient_checkpointing")
 
 
 def flatten(d, prefix: str = "") -> dict:
@@ -33,8 +36,11 @@ def config_differences(saved_yaml: str, cfg) -> list[tuple[str, object, object]]
     """(key, value in the checkpoint, value now) for every non-resumable key that differs. Keys present
     on one side only (a newer or older posttrain) are not compared."""
     old, new = flatten(yaml.safe_load(saved_yaml)), flatten(yaml.safe_load(to_yaml(cfg)))
-    return [(k, old[k], new[k]) for k in sorted(old.keys() & new.keys())
-            if k not in RESUMABLE_KEYS and old[k] != new[k]]
+    skip = set(RESUMABLE_KEYS)
+    g = "distributed.global_batch_size"
+    if old.get(g) and old.get(g) == new.get(g):
+        skip.add("batch_size")  # derived from the global batch and the number of processes
+    return [(k, old[k], new[k]) for k in sorted(old.keys() & new.keys()) if k not in skip and old[k] != new[k]]
 
 
 def check_resume_config(ckpt_path: str, cfg) -> None:

@@ -1,6 +1,6 @@
 """`builtin:small`: a base model with latent arithmetic ability, pretrained on the math web (`math_web`).
 
-A Llama of `SMALL_SIZE` (hidden 192, 4 layers, 4 heads (2 KV), MLP 512, untied head: 2.1M parameters with
+A Llama of `SMALL_SIZE` (hidden 192, 4 layers, 4 heads (2 KV), MLP 512, untied head: 2.0M parameters with
 its 1024-token digit-split BPE tokenizer), pretrained from random weights on `WEB_DOCS` documents of the math web
 with the SFT trainer (loss on every token, padding-free packing), then measured (`base_eval.json` in its
 folder): greedy accuracy and pass@16 at T = 1 on held-out problems of levels 1, 2 and 3 (`math_eval`).

@@ -354,7 +354,9 @@ def write_outputs(ctx: Context, results: dict, report: str, started: float) -> d
         json.dump(results, f, indent=2)
     note = ("\n\n> **--quick run**: a few steps per stage on a briefly trained model; the numbers only show that "
             "the pipeline works and mean nothing.\n" if ctx.quick else "\n")
-    footer = (f"\n\n---\nRun: `posttrain lab experiment {ctx.name}{' --quick' if ctx.quick else ''}` in "
+    seeds = ctx.options.get("seeds")
+    flags = (" --quick" if ctx.quick else "") + (f" --seeds {seeds}" if seeds and seeds != (1 if ctx.quick else 3) else "")
+    footer = (f"\n\n---\nRun: `posttrain lab experiment {ctx.name}{flags}` in "
               f"{results['total_s']:.0f} s ({results['device']}); base model `{ctx.base}`. Every number is in "
               "`results.json`.\n")
     with open(paths["report"], "w", encoding="utf-8") as f:

@@ -29,30 +29,40 @@ QUICK_GRPO = {"max_steps": 2, "batch_size": 4, "num_generations": 2, "max_new_to
 SFT_MATH = {"max_steps": 100, "batch_size": 16, "learning_rate": 5e-4, "warmup_steps": 10, "max_length": 192,
             "lr_scheduler": "cosine", "loss": "nll", "eval_steps": 25, "data.max_eval_rows": 200}
 QUICK_SFT = {"max_steps": 3, "batch_size": 4, "eval_steps": 0}
+CHECKPOINTS = 3          # SFT checkpoints kept for accuracy during training (sft_vs_dft): 100 steps -> 34, 68, 100
 EVAL = {"full": {"n": 50, "k": 8, "max_new_tokens": 112}, "quick": {"n": 2, "k": 2, "max_new_tokens": 16}}
 
 
 def demos(ctx: Context) -> dict[str, str]:
-    """`{"train": path, "eval": path}` of worked demonstrations (module docstring), written once into
-    `OUT/<experiment>/data/`; --quick keeps the first 24 rows."""
+    """`{"train": path, "eval": path}` of worked demonstrations (module docstring), written into
+    `OUT/_shared/data/` (the same files for every experiment, so their shared stages match); --quick keeps the
+    first 24 rows."""
     from posttrain.lab.export import write_jsonl
     from posttrain.lab.math_web import demo_rows
     from posttrain.lab.world import World
 
-    os.makedirs(ctx.exp_path("data"), exist_ok=True)
+    folder = os.path.join(ctx.root, "_shared", "data")
+    os.makedirs(folder, exist_ok=True)
     world = World(0)
     out = {}
     for split, problems in (("train", world.arith_train), ("eval", world.arith_test)):
         rows = demo_rows(problems)[:24 if ctx.quick else None]
-        out[split] = write_jsonl(ctx.exp_path("data", f"demos_{split}.jsonl"), rows)
+        out[split] = write_jsonl(os.path.join(folder, f"demos_{split}-{ctx.mode}.jsonl"), rows)
     return out
 
 
-def sft(ctx: Context, name: str, init: str, settings: dict | None = None) -> str:
-    """SFT (or DFT with `{"loss": "dft"}`) on the worked demonstrations from `init`; returns its final folder."""
+def sft(ctx: Context, name: str, init: str, settings: dict | None = None, *, shared: bool = False) -> str:
+    """SFT (or DFT with `{"loss": "dft"}`) on the worked demonstrations from `init`, checkpointed every
+    ceil(steps / `CHECKPOINTS`) steps (the last is the final step); returns its final folder. `shared`: one run
+    per seed for every experiment written to the same OUT (reasoning's SFT arm is sft_vs_dft's)."""
     d = demos(ctx)
-    return train(ctx, name, "sft", init, {**SFT_MATH, "data.train": d["train"], "data.eval": d["eval"],
-                                          **(settings or {})}, quick=QUICK_SFT)
+    full = {**SFT_MATH, "data.train": d["train"], "data.eval": d["eval"], **(settings or {})}
+
+    def ckpt(steps: int) -> dict:
+        return {"save_steps": -(-steps // CHECKPOINTS), "save_total_limit": CHECKPOINTS + 1}
+
+    return train(ctx, name, "sft", init, {**full, **ckpt(full["max_steps"])},
+                 quick={**QUICK_SFT, **ckpt(QUICK_SFT["max_steps"])}, shared=shared)
 
 
 def grpo(ctx: Context, name: str, init: str, settings: dict | None = None) -> str:

@@ -6,7 +6,7 @@ beat SFT, and does the chain of thought grow longer?
                   └─ GRPO, R1-Zero template ("Let's think step by step."), exact answer + format reward:
                         r1zero_grpo | r1zero_dr_grpo | r1zero_dapo   (the three token-loss aggregations)
 
-Every arm starts from `builtin:small` (a 2.1M-parameter Llama pretrained on a web with worked, bare and wrong
+Every arm starts from `builtin:small` (a 2.0M-parameter Llama pretrained on a web with worked, bare and wrong
 arithmetic) and trains on the same prompts (`builtin:arith_train`, levels 1-2); the math reward is the library's
 `math` reward on the final number. Measured at the end on held-out problems of levels 1, 2 and the harder
 level 3: greedy accuracy, pass@k at T = 1, completion tokens of correct and wrong samples, the share that
@@ -38,7 +38,7 @@ BASE = "small"          # builtin:small, unless --base or --quick
 
 
 def run(ctx: Context) -> dict:
-    arms = {"sft": sft(ctx, "sft", ctx.base)}
+    arms = {"sft": sft(ctx, "sft", ctx.base, shared=True)}   # the same run as sft_vs_dft's SFT arm
     arms["sft_grpo"] = grpo(ctx, "sft_grpo", arms["sft"])
     for agg, settings in AGGREGATIONS.items():
         arms[f"r1zero_{agg}"] = grpo(ctx, f"r1zero_{agg}", ctx.base, {**R1, **settings})

@@ -37,7 +37,7 @@ def run_one(name: str, module_path: str, args, root: str) -> dict:
     started = time.perf_counter()
     os.makedirs(os.path.join(root, name), exist_ok=True)
     base = base_for(module, args, root)
-    options = {"real": getattr(args, "real", False)}
+    options = {"real": getattr(args, "real", False), "seeds": n_seeds}
     per_seed, reports = {}, {}
     for seed in range(n_seeds):
         ctx = Context(root, name, args.quick, base, args.threads, args.fresh, seed=seed, seed_dir=n_seeds > 1,
@@ -57,7 +57,7 @@ def run_one(name: str, module_path: str, args, root: str) -> dict:
 
 def summarise(name: str, root: str, quick: bool, base: str, per_seed: dict, reports: dict, started: float) -> dict:
     """The summary over seeds in `OUT/<name>/` (module docstring)."""
-    ctx = Context(root, name, quick, base)
+    ctx = Context(root, name, quick, base, options={"seeds": len(per_seed)})
     agg = seed_stats.aggregate({s: r.get("verdict", {}) for s, r in per_seed.items()})
     plot = seed_stats.plot(agg, ctx.path("plots", "seeds.png"), name)
     first = min(reports)

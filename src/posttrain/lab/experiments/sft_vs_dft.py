@@ -20,14 +20,12 @@ from posttrain.lab.experiments.common import (
 from posttrain.lab.experiments.math_stages import EVAL, SFT_MATH, demos, sft
 
 ARMS = {"sft": {"loss": "nll"}, "dft": {"loss": "dft"}}
-CHECKPOINTS = 3          # evaluated during training: every max_steps / 3 steps (the last is the final model)
 BASE = "small"          # builtin:small, unless --base or --quick
 
 
 def run(ctx: Context) -> dict:
-    steps = 3 if ctx.quick else SFT_MATH["max_steps"]
-    every = max(1, steps // CHECKPOINTS)
-    finals = {arm: sft(ctx, arm, ctx.base, {**s, "save_steps": every, "save_total_limit": CHECKPOINTS + 1})
+    # the SFT arm is the reasoning experiment's SFT arm (shared: trained once per seed and OUT)
+    finals = {arm: sft(ctx, arm, ctx.base, s if arm == "dft" else None, shared=arm == "sft")
               for arm, s in ARMS.items()}
     eval_rows = read_jsonl(demos(ctx)["eval"])
     curves, nll = {}, {}
@@ -38,7 +36,7 @@ def run(ctx: Context) -> dict:
     loss_curves = {arm: [{"step": r["step"], "nll": r["eval/loss"]}
                          for r in read_jsonl(os.path.join(os.path.dirname(f), "metrics.jsonl")) if "eval/loss" in r]
                    for arm, f in finals.items()}
-    results = {"sft": {k: v for k, v in SFT_MATH.items()}, "checkpoint_every": every, "curves": curves,
+    results = {"sft": dict(SFT_MATH), "curves": curves,
                "heldout_nll_curves": loss_curves, "verdict": verdict(curves, nll)}
     results["plots"] = [plot(ctx, results)]
     return results
