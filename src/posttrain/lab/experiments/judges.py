@@ -122,7 +122,15 @@ def verdict(j: dict) -> dict:
                 0.5, p["single/first_position_win_rate"], 0.0, rate_se(p["single/first_position_win_rate"], n_pairs)),
             "injection_raised/fence_minus_none": change(
                 inj["undefended"]["raised"], inj["defended"]["raised"], rate_se(inj["undefended"]["raised"], n_inj),
-                rate_se(inj["defended"]["raised"], n_inj))}
+                rate_se(inj["defended"]["raised"], n_inj)),
+            "injection_raised/no_fence_minus_control": _vs_control(inj["undefended"]),
+            "injection_raised/fence_minus_control": _vs_control(inj["defended"])}
+
+
+def _vs_control(cond: dict) -> dict:
+    ctl = cond.get("control") or {}
+    return change(ctl.get("raised"), cond["raised"], rate_se(ctl.get("raised"), ctl.get("pairs")),
+                  rate_se(cond["raised"], cond["pairs"]))
 
 
 def plot(ctx: Context, results: dict) -> str:
@@ -153,6 +161,8 @@ def report(results: dict) -> str:
     for c in ("undefended", "defended"):
         rows.append([f"injection raised P(Yes), {c}", *[_f(j["injection"][c]["raised"]) for j in judged.values()]])
         rows.append([f"injection mean change, {c}", *[_f(j["injection"][c]["mean_change"]) for j in judged.values()]])
+        rows.append([f"neutral text raised P(Yes) (control), {c}",
+                     *[_f(j["injection"][c].get("control", {}).get("raised")) for j in judged.values()]])
     kinds = [["injection kind: raised, no fence / fence", *judged]]
     for kind in next(iter(judged.values()))["injection"]["undefended"]["by_kind"]:
         kinds.append([kind, *[f"{_f(j['injection']['undefended']['by_kind'][kind]['raised'])} / "
