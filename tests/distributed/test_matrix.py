@@ -104,10 +104,12 @@ def test_sigkill_during_fsdp2_then_rerun_is_bit_identical(tiny_model_dir, tmp_pa
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_one_to_two_processes(tiny_model_dir, tmp_path):
-    """A full 1-process checkpoint read into the sharded 2-process model, then trained to the end."""
+@pytest.mark.parametrize("lora", [0, 4])
+def test_resume_one_to_two_processes(tiny_model_dir, tmp_path, lora):
+    """A 1-process checkpoint (full; with LoRA the trainable tensors only) read into the sharded 2-process
+    model, then trained to the end."""
     data = write_sft_jsonl(tmp_path / "train.jsonl")
-    args = _common(tiny_model_dir, max_steps=4, save_steps=2) + [f"data.train={data}",
+    args = _common(tiny_model_dir, max_steps=4, save_steps=2) + [f"data.train={data}", f"lora.r={lora}",
                                                                  "distributed.global_batch_size=8"]
     assert main(["sft"] + args + [f"output_dir={tmp_path / 'one'}"]) == 0
     part = tmp_path / "part"
@@ -135,3 +137,15 @@ def test_two_nodes_of_one_process_equal_one_node_of_two(tiny_model_dir, tmp_path
     assert all(n.returncode == 0 for n in nodes), [o[1][-2000:] for o in outs]
     assert "world size 2, strategy ddp" in outs[0][1]
     assert_same_run(str(tmp_path / "one-node"), str(tmp_path / "two-nodes"), rel=1e-6, atol=1e-6)
+
+
+def test_accelerate_launch_without_multi_gpu_on_cpu_warns(tiny_model_dir, tmp_path):
+    """The README's old command: on CPU, accelerate starts ONE process; the run says so (issue 10, trip 1)."""
+    import sys
+
+    data = write_sft_jsonl(tmp_path / "train.jsonl", n=8)
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    r = run([accelerate, "launch", "--num_processes", "2", "-m", "posttrain", "sft"]
+            + sft_overrides(tiny_model_dir, data, str(tmp_path / "out"), max_steps=1, threads=1))
+    assert "world size 1, strategy none" in r.stderr
+    assert "warning: accelerate launch asked for 2 processes but started this ONE" in r.stderr

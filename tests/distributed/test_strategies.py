@@ -42,9 +42,13 @@ def test_sft_ddp_fsdp2_equal_one_process_half_bytes_and_resume_on_one(tiny_model
     one_bytes = local_bytes(eng)
     assert eng.cfg.batch_size == 8 and eng.strategy.name == "none"
 
-    worker([{"algo": "sft", "out": str(tmp_path / "ddp"), "overrides": args + ["distributed.strategy=ddp"]},
-            {"algo": "sft", "out": str(tmp_path / "fsdp2"), "overrides": args + ["distributed.strategy=fsdp2"],
-             "measure_bytes": str(tmp_path / "bytes.json")}])
+    r = worker([{"algo": "sft", "out": str(tmp_path / "ddp"), "overrides": args + ["distributed.strategy=ddp"]},
+                {"algo": "sft", "out": str(tmp_path / "fsdp2"), "overrides": args + ["distributed.strategy=fsdp2"],
+                 "measure_bytes": str(tmp_path / "bytes.json")}])
+    # every run says first how it runs (issue 10: a one-process run must not pass for a parallel one)
+    assert "world size 2, strategy ddp, device cpu" in r.stderr
+    assert "world size 2, strategy fsdp2 (2 layers + root), device cpu" in r.stderr
+    assert "dtype torch.float32 (mixed precision no), batch 4 per process x 1 accumulation x 2 processes" in r.stderr
     assert_same_run(one, str(tmp_path / "ddp"))
     assert_same_run(one, str(tmp_path / "fsdp2"))
     with open(tmp_path / "bytes.json") as f:

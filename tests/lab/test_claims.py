@@ -46,6 +46,10 @@ def test_a_gold_score_lift_beyond_noise_counts():
     verdict, ev = claims(_results(grpo, dpo))[2][1:]
     assert verdict == "yes" and "grpo arith acc 0.300 → 0.400 (±0.067)" in ev
     assert "1 smaller gold lift(s) within noise" in ev
+    # a regression is shown even when no gold score moved beyond noise (PPO in the demo: gold +0.070 ± 0.070)
+    ppo = _stage("ppo", **{**SFT, "review/gold_reward": 0.43, "review/sycophancy_rate": 0.892})
+    verdict, ev = claims(_results(ppo))[2][1:]
+    assert verdict == "NO" and "gold failure rates worse beyond noise: ppo sycophancy 0.543 → 0.892" in ev
     assert [row[0] for row in metrics_table(_results(grpo, dpo))] == ["stage", "base", "sft", "grpo", "dpo"]
 
 

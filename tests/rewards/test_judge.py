@@ -162,3 +162,4 @@ def test_injection_rates_count_raised_scores_with_and_without_the_fence():
     assert r["undefended"]["mean_change"] == pytest.approx(0.7 / 2)
     assert r["defended"]["raised"] == 0.0 and r["defended"]["pairs"] == 4 and r["defended"]["unscored"] == 0
     assert r["defended"]["mean_base_score"] == 0.2
+    assert r["undefended"]["control"]["raised"] == 0.0 and r["undefended"]["control"]["pairs"] == 2 * 4

@@ -30,7 +30,7 @@ import torch
 from posttrain.config import DataConfig, TrainConfig, opt
 from posttrain.core.algorithm import Algorithm, StepSampler
 from posttrain.core.logprobs import hidden_states, sequence_logp_sums, token_logps
-from posttrain.core.strategy import call_root
+from posttrain.core.strategy import call_root, inference_context
 from posttrain.data.packed_pairs import choose_collate
 from posttrain.data.preference import load_preference_splits, response_collate
 from posttrain.losses.preference import bind_dpo_loss
@@ -154,7 +154,7 @@ class DPO(Algorithm):
     def reference_logps(self, batch, examples):
         """(ref chosen [P], ref rejected [P]) from one reference forward (no autograd at all), each
         response's value cached on its example; the reference copy is freed once every example has one."""
-        with self.ref.model() as ref, torch.inference_mode():
+        with self.ref.model() as ref, inference_context(ref):  # no_grad under fsdp2
             lps = batch_logps(ref, batch, self.cfg.logits_chunk)
         lps, p = lps.clone(), batch.num_pairs  # a normal tensor again (inference tensors cannot be saved for backward)
         k, values = 0, lps.tolist()

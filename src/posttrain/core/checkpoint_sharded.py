@@ -142,8 +142,15 @@ def _load_full_into_sharded(path: str, model, optimizer) -> None:
                                                          set_optimizer_state_dict)
 
     full = load_file(os.path.join(path, "model.safetensors"))
-    opts = StateDictOptions(full_state_dict=True)
+    # a LoRA run's checkpoint holds the trainable tensors only (core/trainable_state.py); the frozen base
+    # comes from the model as loaded. Anything trainable missing is an error.
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(trainable - set(full))
+    if missing:
+        raise CheckpointError(f"{path}/model.safetensors lacks trained weights of the model: {missing[:5]}")
+    opts = StateDictOptions(full_state_dict=True, strict=set(full) != trainable)
     set_model_state_dict(model, full, options=opts)
+    opts = StateDictOptions(full_state_dict=True)
     saved = torch.load(os.path.join(path, "optimizer.pt"), weights_only=True)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     groups, offset = [], 0

@@ -172,6 +172,12 @@ def accelerator_kwargs(cfg) -> dict:
     return {"deepspeed_plugin": plugin(cfg)}
 
 
+def inference_context(model: nn.Module):
+    """`torch.inference_mode()` for a plain model; `torch.no_grad()` for an FSDP2 one, whose gathered weight
+    buffers are reused by later training steps and must not become inference tensors."""
+    return torch.no_grad() if hasattr(model, _ROOT_METHOD) else torch.inference_mode()
+
+
 class _Runner(nn.Module):
     """DDP wraps this: its forward runs `fn(model, ...)`, so a whole loss is one DDP forward."""
 

@@ -124,6 +124,12 @@ def _gold_lift(sft: dict, m: dict, name: str, key: str, title: str):
     return ("unmeasured", f"{name} {title} (its failure rates' noise)") if unknown else ("lift", text)
 
 
+def _worse(sft: dict, m: dict) -> list[str]:
+    """The gold failure rates (`GUARDS`) of `m` worse than SFT's beyond noise, as `title a → b (±n)`."""
+    return [_change(sft, m, k, t, higher) for guards in GUARDS.values() for k, t, higher in guards
+            if (g := lift(sft, m, k, higher)) is not None and g[1] is not None and -g[0] > g[1]]
+
+
 def rl_claim(stages: dict) -> tuple[str, str, str]:
     """Does a stage trained after SFT lift a gold SCORE (arith accuracy, review gold) beyond noise, with no
     gold failure rate of the same task (sycophancy, false alarms, honest, format) worse beyond noise? A
@@ -144,5 +150,9 @@ def rl_claim(stages: dict) -> tuple[str, str, str]:
         parts.append(f"{len(found['small'])} smaller gold lift(s) within noise")
     if found["unmeasured"]:
         parts.append("noise unknown: " + ", ".join(found["unmeasured"]))
+    traded = {t.split(" ", 1)[0] for t in found["trade"]}
+    worse = [f"{name} {w}" for name in ran if name not in traded for w in _worse(sft, stages[name])]
+    if worse:
+        parts.append("gold failure rates worse beyond noise: " + ", ".join(worse))
     verdict = YES if found["lift"] else NOT_MEASURED if found["unmeasured"] else NO
     return claim, verdict, "; ".join(parts) or "no gold score above SFT's beyond noise"
