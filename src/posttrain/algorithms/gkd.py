@@ -109,12 +109,6 @@ class GKD(OnlineAlgorithm):
         dtype = next(engine.model.parameters()).dtype
         self.teacher = load_teacher(self.cfg.teacher, engine.model, dtype).to(engine.device)
 
-    def prompts_per_round(self) -> int:
-        return self.cfg.batch_size * self.cfg.grad_accum
-
-    def round_of(self, step: int) -> int:
-        return step
-
     def collect(self, rnd: int) -> None:
         idx, rollouts = self.generate(rnd)
         scores = self.score(self.prompts, idx, rollouts)

@@ -85,12 +85,6 @@ class OnlineDPO(OnlineAlgorithm):
         super().setup(engine)
         self.ref = Reference(engine.model).to(engine.device)
 
-    def prompts_per_round(self) -> int:
-        return self.cfg.batch_size * self.cfg.grad_accum
-
-    def round_of(self, step: int) -> int:
-        return step
-
     def collect(self, rnd: int) -> None:
         idx, rollouts = self.generate(rnd)
         scores = self.score(self.prompts, idx, rollouts)

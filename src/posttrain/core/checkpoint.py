@@ -156,17 +156,22 @@ def save_checkpoint(ckpt_root: str, step: int, *, model, optimizer, scheduler, a
         _write_or_explain(lambda: _write_main_files(
             tmp, step, model=model, optimizer=optimizer, scheduler=scheduler, algo_state=algo_state,
             trainer_state=trainer_state, config_yaml=config_yaml), **guard)
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(ckpt_root)
-        for _, old in list_checkpoints(ckpt_root)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        publish(tmp, final, ckpt_root, keep)
     barrier()
     return final
 
 
 # ----------------------------------------------------------------- resume
+def publish(tmp: str, final: str, ckpt_root: str, keep: int) -> None:
+    """Rename a fully written temp folder into place (atomic), then drop all but the newest `keep`."""
+    if os.path.isdir(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(ckpt_root)
+    for _, old in list_checkpoints(ckpt_root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def select_verified(ckpt_root: str, log=print) -> str | None:
     """Newest complete checkpoint whose files match its manifest. Corrupt ones on the way are moved aside
     (`step-N.corrupt`) and named with the reason. Call on the main process only."""

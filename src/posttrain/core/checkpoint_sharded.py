@@ -27,7 +27,7 @@ import warnings
 import torch
 
 from posttrain.core import checkpoint as ckpt
-from posttrain.core.checkpoint import (CheckpointError, _fsync_dir, latest_complete, list_checkpoints, rng_state,
+from posttrain.core.checkpoint import (CheckpointError, _fsync_dir, latest_complete, rng_state,
                                        set_rng_state)
 
 DCP_DIR = "dcp"
@@ -91,12 +91,7 @@ def save(ckpt_root: str, step: int, *, model, optimizer, scheduler, algo_state: 
             os.fsync(f.fileno())
         _fsync_dir(os.path.join(tmp, DCP_DIR))
         _fsync_dir(tmp)
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(ckpt_root)
-        for _, old in list_checkpoints(ckpt_root)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        ckpt.publish(tmp, final, ckpt_root, keep)
     barrier()
     return final
 

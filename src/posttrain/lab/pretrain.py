@@ -52,18 +52,23 @@ def pretrain(out_dir: str, *, overrides: list[str] = (), quiet: bool = False) ->
     return out_dir
 
 
-def ensure_base() -> str:
-    """The cached base model folder, pretrained on first use (one process at a time builds it)."""
+def ensure_built(out: str, marker: str, build) -> str:
+    """`out`, built by `build(out)` unless its `marker` file exists; one process at a time builds it (a
+    file lock beside it), the others wait and then use it."""
     from filelock import FileLock
 
-    out = base_dir()
-    if os.path.exists(os.path.join(out, "config.json")):
+    if os.path.exists(os.path.join(out, marker)):
         return out
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with FileLock(out + ".lock"):
-        if not os.path.exists(os.path.join(out, "config.json")):
-            pretrain(out)
+        if not os.path.exists(os.path.join(out, marker)):
+            build(out)
     return out
+
+
+def ensure_base() -> str:
+    """The cached base model folder, pretrained on first use."""
+    return ensure_built(base_dir(), "config.json", pretrain)
 
 
 def main(argv: list[str]) -> int:

@@ -86,16 +86,9 @@ def pretrain_small(out_dir: str, *, quick: bool = False, overrides: dict | None 
 
 def ensure_small() -> str:
     """The cached `builtin:small` folder, pretrained and measured on first use (one process builds it)."""
-    from filelock import FileLock
+    from posttrain.lab.pretrain import ensure_built
 
-    out = small_dir()
-    if os.path.exists(os.path.join(out, "base_eval.json")):
-        return out
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with FileLock(out + ".lock"):
-        if not os.path.exists(os.path.join(out, "base_eval.json")):
-            pretrain_small(out)
-    return out
+    return ensure_built(small_dir(), "base_eval.json", pretrain_small)
 
 
 def measured(folder: str) -> dict | None:

@@ -8,8 +8,9 @@ micro-batches (`collect`, the algorithm's own). A round feeds one or more optimi
 (`round_of(step)`); the round (batches and metrics) is in the checkpoint, so a resume in the middle of
 a round continues on the very same rollouts.
 
-Adding an online algorithm = a subclass with its config (an `OnlineConfig`), `prompts_per_round`,
-`round_of`, `collect` and `loss` (plus `step_batches` when a step trains on part of a round), a recipe
+Adding an online algorithm = a subclass with its config (an `OnlineConfig`), `collect` and `loss`
+(plus `prompts_per_round` / `round_of` when a round is not one step's rows, and `step_batches` when a
+step trains on part of a round), a recipe
 and tests. Prompts (`data.prompts`), rewards, the backend, seeds, scoring, the round's resume state,
 round metrics over processes (`online.metrics`) and evaluation on `data.eval` are here.
 """
@@ -40,12 +41,13 @@ class OnlineAlgorithm(Algorithm):
 
     # ----------------------------------------------------------------- what an algorithm provides
     def prompts_per_round(self) -> int:
-        """Prompts this process samples from in one round."""
-        raise NotImplementedError(f"{type(self).__name__} must implement prompts_per_round")
+        """Prompts this process samples from in one round. Default: one prompt per row of the step
+        (online DPO, GKD); GRPO divides by its group size, PPO multiplies by its mini-batches."""
+        return self.cfg.batch_size * self.cfg.grad_accum
 
     def round_of(self, step: int) -> int:
-        """The round optimizer step `step` trains on."""
-        raise NotImplementedError(f"{type(self).__name__} must implement round_of")
+        """The round optimizer step `step` trains on. Default: a fresh round every step."""
+        return step
 
     def collect(self, rnd: int) -> None:
         """Sample, score and batch round `rnd`: set `self.batches` and `self.round_metrics`."""
