@@ -8,7 +8,8 @@ import sys
 import pytest
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src", "posttrain")
-LIBRARY = ("core", "data", "losses", "rewards", "rollout", "algorithms", "diagnostics", "config", "errors")
+LIBRARY = ("core", "data", "losses", "rewards", "rollout", "algorithms", "diagnostics", "config", "errors",
+           "api", "serve", "names", "console", "judge_label")
 MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 60
 
 

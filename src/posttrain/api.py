@@ -77,8 +77,7 @@ def make_config(algorithm: str, config: Any = None, **overrides) -> Any:
 def train(algorithm: str, config: Any = None, **overrides) -> TrainResult:
     """Train `algorithm` ('sft', 'rm', 'dpo', 'grpo', 'ppo'); returns the output folder and final metrics."""
     from posttrain.console import quiet_libraries
-
-    from posttrain.lab.builtin import resolve_config
+    from posttrain.names import resolve_config
 
     quiet_libraries()
     cfg = resolve_config(make_config(algorithm, config, **overrides))  # builtin:NAME -> local paths

@@ -48,7 +48,7 @@ def run_trainer(name: str, argv: list[str]) -> int:
     from posttrain.api import TrainResult
     from posttrain.config import load_config
     from posttrain.console import closing, summary
-    from posttrain.lab.builtin import resolve_config
+    from posttrain.names import resolve_config
 
     cfg_cls, run = load_trainer(name)
     config, overrides, want_help = _split_args(argv)
@@ -98,7 +98,7 @@ def data_command(argv: list[str]) -> int:
         print("usage: posttrain data inspect [ALGORITHM] --config FILE [key=value ...] [n=3]")
         return 2
     from posttrain.core.models import load_tokenizer
-    from posttrain.lab.builtin import resolve_config
+    from posttrain.names import resolve_config
     from posttrain.data.formats import load_rows
 
     rest = argv[1:]
@@ -146,7 +146,7 @@ def judge_command(argv: list[str]) -> int:
         return 2
     from posttrain.config import load_config
     from posttrain.judge_label import LabelConfig, describe, label
-    from posttrain.lab.builtin import resolve_config
+    from posttrain.names import resolve_config
 
     config, overrides, want_help = _split_args(argv[1:])
     if want_help:

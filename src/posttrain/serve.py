@@ -163,10 +163,9 @@ def main(argv: list[str]) -> int:
         opts[key] = val or next(it, None)
     if not str(opts["--port"]).isdigit():
         raise SystemExit(f"error: --port expects a number, found {opts['--port']!r}")
-    if model.startswith("builtin:"):
-        from posttrain.lab.builtin import resolve
+    from posttrain.names import resolve
 
-        model = resolve(model)
+    model = resolve(model)  # builtin:NAME -> its local folder (a plugin's name)
     server = make_server(ChatModel.load(model, opts["--gguf-file"]), opts["--host"], int(opts["--port"]))
     host, port = server.server_address[:2]
     print(f"serving {model} on http://{host}:{port}/v1/chat/completions (Ctrl-C stops)", flush=True)
