@@ -15,6 +15,8 @@ from posttrain.losses.advantages import group_advantages, leave_one_out
 from posttrain.losses.policy import AGGREGATIONS
 from posttrain.rewards import CombinedReward
 
+from ..distributed.rewards import digits  # the toy reward the multi-process tests load too
+
 G = 4
 
 
@@ -26,13 +28,6 @@ def _restore_threads():
     torch.set_num_threads(n)
 
 
-def digits(prompts, completions, **columns):
-    """Toy reward: the fraction of a completion's non-space characters that are digits."""
-    out = []
-    for c in completions:
-        chars = [ch for ch in c if not ch.isspace()]
-        out.append(sum(ch.isdigit() for ch in chars) / max(len(chars), 1))
-    return out
 
 
 def _prompts(path, n=16):

@@ -36,15 +36,7 @@ def pack_preference_collate(examples: Sequence[PreferenceExample], pad_id: int |
         mask += s.mask
         owner += [k] * n
         last.append(len(ids) - 1)
-    ref_chosen, ref_rejected = _ref_tensors(examples)
-    return PreferenceBatch(
-        input_ids=torch.tensor([ids], dtype=torch.long), attention_mask=None,
-        mask=torch.tensor([mask], dtype=torch.float32),
-        margin=torch.tensor([ex.margin for ex in examples for _ in ex.pairs], dtype=torch.float32),
-        weight=torch.tensor([ex.weight for ex in examples for _ in ex.pairs], dtype=torch.float32),
-        ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected,
-        position_ids=torch.tensor([pos], dtype=torch.long), seq_ids=torch.tensor([owner], dtype=torch.long),
-        last_index=torch.tensor(last, dtype=torch.long), num_tokens=len(ids))
+    return _packed_batch(examples, ids, pos, mask, owner, last, pred=None, num_tokens=len(ids))
 
 
 def _shared_len(chosen, rejected) -> int:
@@ -78,6 +70,13 @@ def pack_shared_prompt_collate(examples: Sequence[PreferenceExample], pad_id: in
             mask += seq.mask[tail_from:]
             owner += [who] * n
             last[who] = len(ids) - 1
+    return _packed_batch(examples, ids, pos, mask, owner, last, pred=pred,
+                         num_tokens=sum(len(c.input_ids) + len(r.input_ids) for c, r in pairs))
+
+
+def _packed_batch(examples, ids, pos, mask, owner, last, *, pred, num_tokens: int) -> PreferenceBatch:
+    """The one-row `PreferenceBatch` of a packed layout (`pred`: per-token prediction index, or None when
+    every token is predicted from the one before it)."""
     ref_chosen, ref_rejected = _ref_tensors(examples)
     return PreferenceBatch(
         input_ids=torch.tensor([ids], dtype=torch.long), attention_mask=None,
@@ -86,8 +85,8 @@ def pack_shared_prompt_collate(examples: Sequence[PreferenceExample], pad_id: in
         weight=torch.tensor([ex.weight for ex in examples for _ in ex.pairs], dtype=torch.float32),
         ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected,
         position_ids=torch.tensor([pos], dtype=torch.long), seq_ids=torch.tensor([owner], dtype=torch.long),
-        last_index=torch.tensor(last, dtype=torch.long), pred_index=torch.tensor([pred], dtype=torch.long),
-        num_tokens=sum(len(c.input_ids) + len(r.input_ids) for c, r in pairs))
+        last_index=torch.tensor(last, dtype=torch.long),
+        pred_index=None if pred is None else torch.tensor([pred], dtype=torch.long), num_tokens=num_tokens)
 
 
 def choose_collate(model, padding_free: bool, share_prompt: bool = True):
