@@ -1,14 +1,14 @@
 """The web of `builtin:small`: the lab's web text, with arithmetic as it appears on the real web.
 
-Arithmetic documents (85 % of the mixture; the rest reviews and facts as `web.web_texts` writes them) are a
+Arithmetic documents (80 % of the mixture; the rest reviews and facts as `web.web_texts` writes them) are a
 question and an answer, the answer drawn from `ARITH_FORMS`:
 
 | form      | share | example answer to "What is 47 + 38?"                                              |
 |-----------|-------|-----------------------------------------------------------------------------------|
-| `worked`  | 50 %  | an opener, then "47 + 38: ones: 7 + 8 = 15, ..." or "47+38: 7+8=15 carry 1, ..." |
+| `worked`  | 35 %  | an opener, then "47 + 38: ones: 7 + 8 = 15, ..." or "47+38: 7+8=15 carry 1, ..." |
 | `steps`   | 15 %  | one line per operation, "47 + 38 = 85", then "The answer is 85."                  |
-| `bare`    | 27 %  | "47 + 38 = 85" or "The answer is 85."                                             |
-| `wrong`   | 8 %   | a worked answer with one forgotten carry or borrow, or a bare answer off by 1-10   |
+| `bare`    | 40 %  | "47 + 38 = 85" or "The answer is 85."                                             |
+| `wrong`   | 10 %  | a worked answer with one forgotten carry or borrow, or a bare answer off by 1-10   |
 
 Problems are FRESH draws of levels 1 and 2 (no expression of the world's test or hard split: those stay held
 out for evaluation, and level 3 never appears), so the model must learn the procedure, not the answers.
@@ -22,8 +22,8 @@ from .web import web_texts
 from .worked import ANSWER, OPENERS, STYLES, worked
 from .world import World
 
-MATH_WEB_MIX = {"arithmetic": 0.85, "other": 0.15}
-ARITH_FORMS = {"worked": 0.50, "steps": 0.15, "bare": 0.27, "wrong": 0.08}
+MATH_WEB_MIX = {"arithmetic": 0.80, "other": 0.20}
+ARITH_FORMS = {"worked": 0.35, "steps": 0.15, "bare": 0.40, "wrong": 0.10}
 
 
 def _pick(rng: random.Random, weights: dict[str, float]) -> str:

@@ -17,10 +17,10 @@ import sys
 
 from posttrain.core.tiny import TinySize
 
-SMALL_VERSION = "2"
+SMALL_VERSION = "1"
 SMALL_SIZE = TinySize(hidden=192, layers=4, heads=4, kv_heads=2, intermediate=512, max_positions=512)
-WEB_DOCS = 60000
-PRETRAIN = {"max_steps": 1600, "batch_size": 32, "grad_accum": 1, "max_length": 192, "learning_rate": 3e-3,
+WEB_DOCS = 40000
+PRETRAIN = {"max_steps": 700, "batch_size": 32, "grad_accum": 1, "max_length": 192, "learning_rate": 3e-3,
             "lr_scheduler": "cosine", "warmup_steps": 30, "weight_decay": 0.01, "save_steps": 0, "seed": 0,
             "threads": 1, "logging_steps": 20}
 QUICK = {"docs": 400, "overrides": {"max_steps": 6, "batch_size": 8, "warmup_steps": 1}, "size": "nano",
