@@ -17,7 +17,8 @@ KEYS = {"goodhart": {"runs", "held_out", "verdict", "betas"},
         "reasoning": {"final", "training", "verdict", "grpo"},
         "sft_vs_dft": {"curves", "heldout_nll_curves", "verdict"},
         "judges": {"judges", "sizes", "verdict"},
-        "rlaif": {"judges", "arms", "sft_metrics", "verdict"}}
+        "rlaif": {"judges", "arms", "sft_metrics", "verdict"},
+        "reward_model": {"curve", "rankings", "scores", "verdict"}}
 COMMON = {"experiment", "quick", "base", "device", "train_s", "total_s", "plots", "across_seeds"}
 
 

@@ -32,6 +32,7 @@ EXPERIMENTS = {
     "sft_vs_dft": "posttrain.lab.experiments.sft_vs_dft",
     "judges": "posttrain.lab.experiments.judges",
     "rlaif": "posttrain.lab.experiments.rlaif",
+    "reward_model": "posttrain.lab.experiments.reward_model",
 }
 
 
