@@ -131,3 +131,6 @@ def test_unknown_architectures_and_wrapped_layers_fall_back(tiny_model_dir):
     model, _ = load(tiny_model_dir)
     model.config.sliding_window = 4
     assert not lean_supported(model)
+    model, _ = load(tiny_model_dir)
+    model.lm_head.weight.ds_id = 0   # a DeepSpeed ZeRO-3 partition: only the module's forward gathers it
+    assert not lean_supported(model)

@@ -12,7 +12,7 @@ Supported (`lean_supported`): `model_type` llama, mistral or qwen2 (q/k/v biases
 handled), plain `nn.Linear` projections and head (no PEFT wrapper, no quantised layers, no DTensor
 shards), full causal attention on every layer (no sliding window), a static rope type (default, linear,
 llama3), SiLU MLP, no logit soft-capping. Everything else (e.g. Qwen3's q/k norms, Gemma, PEFT policies,
-FSDP2 shards) decodes on transformers' forward (`hf.HFBackend`'s standard path), which gives the same
+FSDP2 or ZeRO-3 shards) decodes on transformers' forward (`hf.HFBackend`'s standard path), which gives the same
 tokens. `tests/rollout/test_rollout_lean.py` checks greedy tokens against `model.generate` and sampled
 log-probs against a fresh forward.
 """
@@ -47,7 +47,18 @@ def lean_supported(model) -> bool:
     mods = [head] + [layer.get_submodule(n) for layer in inner.layers for n in _LAYER_LINEARS]
     if any(type(m) is not torch.nn.Linear for m in mods):
         return False
-    return all(type(p) in (torch.nn.Parameter, Tensor) for p in model.parameters())
+    return not _sharded(model)
+
+
+def _sharded(model) -> bool:
+    """Weights that only a module's own forward gathers (FSDP2 shards, DeepSpeed ZeRO-3 partitions)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        FSDPModule = ()
+    if any(isinstance(m, FSDPModule) for m in model.modules()):
+        return True
+    return any(type(p.data) is not Tensor or hasattr(p, "ds_id") for p in model.parameters())
 
 
 class _Linear:
