@@ -348,6 +348,7 @@ class Engine:
         problems = divergence_problems(model=self.model, last_loss=self.last_loss, skipped=self.skipped,
                                        steps=self.step, init_abs_max=self.init_abs_max,
                                        max_skipped_fraction=c.max_skipped_fraction,
+                                       min_skipped_steps=c.min_skipped_steps,
                                        max_weight_growth=c.max_weight_growth)
         if problems:
             raise TrainingAborted(f"the run diverged, so no final model was saved: {'; '.join(problems)}. "
