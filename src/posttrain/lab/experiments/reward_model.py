@@ -30,7 +30,7 @@ from posttrain.lab.experiments.common import (
     Context, change, fmt, fmt_change, load_rm, md_table, mean, pyplot, rate_se, save_figure, sft_model, std_error,
     train)
 
-SIZES = {"full": {"curve": [100, 300, 500, 1000, 4000], "effort": 1000, "ks": [4, 6, 9], "snippets": 186},
+SIZES = {"full": {"curve": [100, 300, 1000, 4000], "effort": 600, "ks": [4, 6, 9], "snippets": 186},
          "quick": {"curve": [8, 16], "effort": 16, "ks": [5], "snippets": 3}}
 STYLE_ORDER = ("honest", "vague", "sycophantic", "false_alarm")
 
