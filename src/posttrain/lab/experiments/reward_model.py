@@ -11,9 +11,9 @@ reviews a rater reads: a pair costs 2, a ranking of K costs K, so E reviews buy 
 A ranking also yields K(K-1)/2 implied pairs (all trained on, each weighted 2 / (K(K-1)) so a ranking counts
 as one example) and costs about log2(K!) comparisons to sort; both are reported beside. The trainer encodes
 each implied pair's two reviews (a ranking of K costs K(K-1) sequences), so a ranking step holds
-round(16 / (K(K-1)/2)) rankings (at least one): about the 16 pairs of a pair step (K = 4: 3, K = 6 and 9: 1). K > 4 repeats styles (the world has 4: honest,
-vague, sycophantic, false alarm) with fresh texts. Measured per reward model: held-out accuracy against gold and against the
-rater (the label it learns), expected calibration error of sigma(r_chosen - r_rejected) against the rater's
+round(16 / (K(K-1)/2)) rankings (at least one): about the 16 pairs of a pair step (K = 4: 3, K = 6 and 9:
+1). K > 4 repeats styles (the world has 4: honest, vague, sycophantic, false alarm) with fresh texts.
+Measured per reward model: held-out accuracy against gold and against the rater (the label it learns), expected calibration error of sigma(r_chosen - r_rejected) against the rater's
 labels, and the correlation of reward with length (`diagnostics/preference_eval.py`, the trainer's
 `eval.json`). Scores: the reward model trained on all pairs scores the honest, vague, sycophantic and
 false-alarm review of each held-out buggy snippet; each score is shown sigma-scaled as sigma(r - m), m the
