@@ -13,9 +13,9 @@ as one example) and costs about log2(K!) comparisons to sort; both are reported 
 each implied pair's two reviews (a ranking of K costs K(K-1) sequences), so a ranking step holds
 round(16 / (K(K-1)/2)) rankings (at least one): about the 16 pairs of a pair step (K = 4: 3, K = 6 and 9:
 1). K > 4 repeats styles (the world has 4: honest, vague, sycophantic, false alarm) with fresh texts.
-Measured per reward model: held-out accuracy against gold and against the rater (the label it learns), expected calibration error of sigma(r_chosen - r_rejected) against the rater's
-labels, and the correlation of reward with length (`diagnostics/preference_eval.py`, the trainer's
-`eval.json`). Scores: the reward model trained on all pairs scores the honest, vague, sycophantic and
+Measured per reward model: held-out accuracy against gold and against the rater (the label it learns),
+expected calibration error of sigma(r_chosen - r_rejected) against the rater's labels, and the correlation of
+reward with length (`diagnostics/preference_eval.py`, the trainer's `eval.json`). Scores: the reward model trained on all pairs scores the honest, vague, sycophantic and
 false-alarm review of each held-out buggy snippet; each score is shown sigma-scaled as sigma(r - m), m the
 mean score of that snippet's four reviews: the Bradley-Terry probability that the review beats an average
 review of the same code (seed 001 quotes honest 0.94, sycophantic 0.24).
@@ -136,7 +136,8 @@ def run(ctx: Context) -> dict:
         batch = max(1, round(16 / (k * (k - 1) / 2)))      # about the 16 pairs (32 sequences) of a pair step
         path = write_rows(ctx, f"rank-{k}x{n}.jsonl", rankings(n, k))
         final = train(ctx, f"rm_rank_{k}", "rm", sft, {"data.train": path, **rm_settings(n, batch)})
-        ranked.append(measure(ctx, final, {"k": k, "rankings": n, "effort": k * n, "implied_pairs": n * k * (k - 1) // 2,
+        ranked.append(measure(ctx, final, {"k": k, "rankings": n, "effort": k * n,
+                                           "implied_pairs": n * k * (k - 1) // 2,
                                            "sort_comparisons": n * math.ceil(math.log2(math.factorial(k)))}))
     scores = style_scores(load_rm(curve[-1]["model"]), size["snippets"])
     results = {"sizes": size, "sft": sft, "curve": curve, "rankings": ranked, "scores": scores}
