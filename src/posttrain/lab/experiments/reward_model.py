@@ -15,9 +15,9 @@ round(16 / (K(K-1)/2)) rankings (at least one): about the 16 pairs of a pair ste
 1). K > 4 repeats styles (the world has 4: honest, vague, sycophantic, false alarm) with fresh texts.
 Measured per reward model: held-out accuracy against gold and against the rater (the label it learns),
 expected calibration error of sigma(r_chosen - r_rejected) against the rater's labels, and the correlation of
-reward with length (`diagnostics/preference_eval.py`, the trainer's `eval.json`). Scores: the reward model trained on all pairs scores the honest, vague, sycophantic and
-false-alarm review of each held-out buggy snippet; each score is shown sigma-scaled as sigma(r - m), m the
-mean score of that snippet's four reviews: the Bradley-Terry probability that the review beats an average
+reward with length (`diagnostics/preference_eval.py`, the trainer's `eval.json`). Scores: the reward model
+trained on all pairs scores the honest, vague, sycophantic and false-alarm review of each held-out buggy
+snippet; each score is shown sigma-scaled as sigma(r - m), m the mean score of that snippet's four reviews: the Bradley-Terry probability that the review beats an average
 review of the same code (seed 001 quotes honest 0.94, sycophantic 0.24).
 """
 from __future__ import annotations
