@@ -129,6 +129,7 @@ class GRPO(OnlineAlgorithm):
         self.ref = None
 
     def setup(self, engine) -> None:
+        check_config(self.cfg)  # again: the engine may have set batch_size from distributed.global_batch_size
         super().setup(engine)
         if self.cfg.beta > 0:
             self.ref = engine.reference()
