@@ -109,6 +109,8 @@ def test_per_prompt_seeds_make_samples_independent_of_the_split(tiny_model_dir, 
     assert len({len(c) for c in ids}) > 1 and len(set(map(tuple, ids[:3]))) > 1  # ragged, and samples differ
     for a, b in zip(whole.completion_logps, parts[0].completion_logps + parts[1].completion_logps):
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+    plain = HFBackend(model, tok, lean=False).generate(prompts, 3, params(seeds))  # transformers' forward path
+    assert plain.completion_ids == whole.completion_ids
     other = HFBackend(model, tok).generate(prompts, 3, params((11, 22, 34)))
     assert other.completion_ids[:6] == whole.completion_ids[:6] and other.completion_ids[6:] != whole.completion_ids[6:]
     with pytest.raises(ValueError, match="holds 2 seeds for 3 prompts"):
