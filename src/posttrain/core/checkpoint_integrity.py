@@ -11,6 +11,7 @@ Hashing re-reads each file just written (from the page cache). Measured on the 2
 checkpoint, busy 2-core machine): 0.076 s of a 0.69 s save, ~0.034 s of it the hash itself, so hashing the
 bytes while writing them would save ~0.04 s, and safetensors writes from Rust (no stream to hash without
 holding the whole file in memory), other processes write their own files (RNG, DCP shards): not done.
+(`python bench/checkpoint_save.py bench/.trl-harness/fixture/tiny-llama-l`; bench/README.md.)
 """
 from __future__ import annotations
 
