@@ -134,6 +134,7 @@ class GRPO(OnlineAlgorithm):
     def setup(self, engine) -> None:
         from posttrain.core.varlen_attention import use_varlen
 
+        check_config(self.cfg)  # again: the engine may have set batch_size from distributed.global_batch_size
         self.packed = self.cfg.padding_free and use_varlen(engine.model)   # before the reference copy is made
         super().setup(engine)
         if self.cfg.beta > 0:

@@ -330,9 +330,7 @@ class Engine:
         """The signal any process received (all processes agree, so all checkpoint and stop together)."""
         if self.world == 1:
             return stop.signum
-        got = all_reduce([float(stop.signum)], op="max")[0]
-        stop.signum = stop.signum or int(got)
-        return int(got)
+        return stop.adopt(int(all_reduce([float(stop.signum)], op="max")[0]))
 
     def _interrupt(self, signum: int):
         if not any(s == self.step for s, _ in ckpt.list_checkpoints(self.ckpt_root)):
