@@ -186,6 +186,41 @@ def test_accelerate_launch_that_started_one_process_is_named():
     assert launcher_mismatch(1, ["/venv/bin/python", "-m", "pytest"]) is None
 
 
+def test_auto_takes_accelerates_fsdp_config_on_cpu_and_its_options(monkeypatch, tmp_path):
+    """Without a GPU accelerate's state says MULTI_CPU even for an FSDP config; the environment its launcher
+    sets (ACCELERATE_USE_FSDP, FSDP_*) still selects fsdp2, with the options posttrain has (a real launch:
+    tests/distributed/test_matrix.py, slow)."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from posttrain.core.strategy import launcher_mismatch, make_strategy
+
+    cpu2 = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, num_processes=2, device=torch.device("cpu"))
+    monkeypatch.setattr("posttrain.core.strategy.ensure_process_group", lambda *a: None)
+    cfg = load_config(SFTConfig, None, ["output_dir=unused"])
+    said = []
+    assert make_strategy(cfg, cpu2, said.append).name == "ddp" and not said
+    for k, v in {"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true", "FSDP_RESHARD_AFTER_FORWARD": "false",
+                 "FSDP_ACTIVATION_CHECKPOINTING": "true"}.items():
+        monkeypatch.setenv(k, v)
+    assert make_strategy(cfg, cpu2, said.append).name == "fsdp2"
+    assert said == ["from accelerate's FSDP config: distributed.cpu_offload=true, distributed.reshard_after_forward="
+                    "false, gradient_checkpointing=true"]
+    assert cfg.distributed.cpu_offload and not cfg.distributed.reshard_after_forward and cfg.gradient_checkpointing
+    explicit = load_config(SFTConfig, None, ["output_dir=unused", "distributed.strategy=ddp"])
+    assert make_strategy(explicit, cpu2).name == "ddp" and not explicit.distributed.cpu_offload  # the config wins
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    from posttrain.core.strategy import resolve_name
+
+    assert resolve_name("auto", cpu2) == "deepspeed"
+    # a MULTI_CPU config file with num_processes 2 starts ONE process on CPU: said, as for --num_processes 2
+    (tmp_path / "ddp.yaml").write_text("distributed_type: MULTI_CPU\nnum_processes: 2\n")
+    argv = ["/venv/bin/accelerate", "launch", "--config_file", str(tmp_path / "ddp.yaml"), "-m", "posttrain", "sft"]
+    assert launcher_mismatch(1, argv).startswith("warning: accelerate launch asked for 2 processes")
+
+
 def test_auto_takes_what_accelerate_launch_selected():
     from types import SimpleNamespace
 
