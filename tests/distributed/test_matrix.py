@@ -152,3 +152,33 @@ def test_accelerate_launch_without_multi_gpu_on_cpu_warns(tiny_model_dir, tmp_pa
             + sft_overrides(tiny_model_dir, data, str(tmp_path / "out"), max_steps=1, threads=1))
     assert "world size 1, strategy none" in r.stderr
     assert "warning: accelerate launch asked for 2 processes but started this ONE" in r.stderr
+
+
+ACCELERATE_CONFIGS = {  # what `accelerate config` writes for FSDP2 and for DDP (MULTI_GPU: the launcher that starts
+    # N processes; on CPU they run gloo and accelerate's state says MULTI_CPU)
+    "fsdp": "distributed_type: FSDP\nfsdp_config:\n  fsdp_version: 2\n  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n"
+            "  fsdp_reshard_after_forward: true\n  fsdp_offload_params: false\n  fsdp_state_dict_type: "
+            "SHARDED_STATE_DICT\n",
+    "ddp": "distributed_type: MULTI_GPU\n",
+}
+
+
+def test_accelerate_launch_with_an_fsdp_or_ddp_config_file(tiny_model_dir, tmp_path):
+    """`accelerate launch --config_file X -m posttrain sft` with strategy auto: an FSDP config runs fsdp2, a DDP
+    config ddp, 2 CPU processes each, and the two runs are the same run."""
+    import sys
+
+    from .common import free_port
+
+    data = write_sft_jsonl(tmp_path / "train.jsonl", n=16)
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    for name, body in ACCELERATE_CONFIGS.items():
+        (tmp_path / f"{name}.yaml").write_text(f"compute_environment: LOCAL_MACHINE\n{body}machine_rank: 0\n"
+                                               "mixed_precision: 'no'\nnum_machines: 1\nnum_processes: 2\n"
+                                               "rdzv_backend: static\nsame_network: true\nuse_cpu: true\n")
+        r = run([accelerate, "launch", "--config_file", str(tmp_path / f"{name}.yaml"), "--main_process_port",
+                 str(free_port()), "-m", "posttrain", "sft"]
+                + sft_overrides(tiny_model_dir, data, str(tmp_path / name), max_steps=3, batch_size=2, threads=1))
+        expected = "fsdp2 (2 layers + root)" if name == "fsdp" else "ddp"
+        assert f"world size 2, strategy {expected}, device cpu" in r.stderr, r.stderr[-2000:]
+    assert_same_run(str(tmp_path / "fsdp"), str(tmp_path / "ddp"))

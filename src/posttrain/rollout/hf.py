@@ -222,7 +222,9 @@ class HFBackend:
         completions: list[list[int]] = []
         logps: list[list[float]] = []
         with eval_mode(self.model), gathered(self.model):  # fsdp2: each layer gathered once, not per token
-            lean = LeanLlama(self.model, max(map(len, prompt_ids)) + params.max_new_tokens) if self.lean else None
+            # checked again here: the engine shards the policy (fsdp2, ZeRO-3) after the backend was built
+            lean = (LeanLlama(self.model, max(map(len, prompt_ids)) + params.max_new_tokens)
+                    if self.lean and lean_supported(self.model) else None)
             for start in range(0, len(prompt_ids), per_chunk):
                 chunk = prompt_ids[start:start + per_chunk]
                 us = None if streams is None else streams[start * n:(start + per_chunk) * n]
