@@ -43,17 +43,18 @@ def auto_chunk(vocab_size: int) -> int:
     return max(1, LOGITS_PER_CHUNK // max(1, vocab_size))
 
 
-def _hidden(model, input_ids, attention_mask, position_ids) -> Tensor:
+def _hidden(model, input_ids, attention_mask, position_ids, **kwargs) -> Tensor:
     out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=False)
+                              use_cache=False, **kwargs)
     return out.last_hidden_state
 
 
 def hidden_states(model, input_ids: Tensor, attention_mask: Tensor | None = None,
-                  position_ids: Tensor | None = None) -> Tensor:
+                  position_ids: Tensor | None = None, **kwargs) -> Tensor:
     """Final (normed) hidden states `[B, T, H]` of a causal LM, PEFT-wrapped or not (an FSDP2 root is
-    entered through `call_root`, so its own parameters are gathered)."""
-    return call_root(model, _hidden, input_ids, attention_mask, position_ids)
+    entered through `call_root`, so its own parameters are gathered). `kwargs` go to the decoder, which
+    hands them to the attention function (e.g. `row_lengths`, see `core.varlen_attention`)."""
+    return call_root(model, _hidden, input_ids, attention_mask, position_ids, **kwargs)
 
 
 def logps_from_hidden(model, hidden: Tensor, input_ids: Tensor, *, chunk_size: int = 0,
@@ -132,6 +133,13 @@ def sequence_logp_sums(model, hidden: Tensor, input_ids: Tensor, mask: Tensor, s
     targets = input_ids.reshape(-1).index_select(0, sel)
     weights = mask.reshape(-1).index_select(0, sel).float()
     owners = seq_ids.reshape(-1).index_select(0, sel)
+    lp = _head_logps(model, flat_h, targets, chunk_size)
+    return lp.new_zeros(num_seqs).index_add(0, owners, lp * weights)
+
+
+def _head_logps(model, flat_h: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
+    """float32 `[N]` log p(targets[i] | flat_h[i]) through the output head, `chunk_size` rows at a time
+    (0 = auto; several chunks with gradients on are recomputed in backward, as in `logps_from_hidden`)."""
     head = model.get_output_embeddings()
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     step = chunk_size if chunk_size > 0 else auto_chunk(head.weight.shape[0])
@@ -140,5 +148,18 @@ def sequence_logp_sums(model, hidden: Tensor, input_ids: Tensor, mask: Tensor, s
     for s in range(0, flat_h.shape[0], step):
         args = (head, flat_h[s:s + step], targets[s:s + step], softcap, 1.0, False)
         pieces.append((checkpoint(_chunk_logps, *args, use_reentrant=False) if recompute else _chunk_logps(*args))[0])
-    lp = torch.cat(pieces) if pieces else flat_h.new_zeros((0,), dtype=torch.float32)
-    return lp.new_zeros(num_seqs).index_add(0, owners, lp * weights)
+    return torch.cat(pieces) if pieces else flat_h.new_zeros((0,), dtype=torch.float32)
+
+
+def selected_token_logps(model, hidden: Tensor, input_ids: Tensor, select: Tensor, *, chunk_size: int = 0) -> Tensor:
+    """`token_logps` where `select` `[B, T]` is non-zero, exactly 0 elsewhere, float32 `[B, T]`; the head
+    runs ONLY at the selected positions (no logits for prompt or padding positions that carry no loss).
+
+    `hidden` `[B, T, H]` from `hidden_states`. Position 0 of a row, and the first token of every packed
+    sequence, must not be selected (nothing before it in its own sequence predicts it).
+    """
+    b, t, h = hidden.shape
+    sel = torch.nonzero(select.reshape(-1), as_tuple=True)[0]
+    flat_h = hidden.reshape(-1, h).index_select(0, sel - 1)
+    lp = _head_logps(model, flat_h, input_ids.reshape(-1).index_select(0, sel), chunk_size)
+    return lp.new_zeros(b * t).index_copy(0, sel, lp).view(b, t)
