@@ -27,6 +27,15 @@ def test_first_signal_sets_flag_second_ctrl_c_aborts_handlers_restored():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_a_signal_another_process_received_is_adopted_once():
+    said = []
+    stop = StopFlag(say=said.append)
+    assert stop.adopt(0) == 0 and stop.signum == 0 and said == []  # nobody was signalled
+    assert stop.adopt(signal.SIGTERM) == signal.SIGTERM and stop.signum == signal.SIGTERM
+    assert said == ["SIGTERM received by another process: saving a checkpoint"]
+    assert stop.adopt(signal.SIGTERM) == signal.SIGTERM and len(said) == 1  # already known: not said again
+
+
 class _SignalAt(SFT):
     """SFT that sends this process a signal at the end of step `at` (as a cluster's pre-emption would)."""
 

@@ -330,9 +330,7 @@ class Engine:
         """The signal any process received (all processes agree, so all checkpoint and stop together)."""
         if self.world == 1:
             return stop.signum
-        got = all_reduce([float(stop.signum)], op="max")[0]
-        stop.signum = stop.signum or int(got)
-        return int(got)
+        return stop.adopt(int(all_reduce([float(stop.signum)], op="max")[0]))
 
     def _interrupt(self, signum: int):
         if not any(s == self.step for s, _ in ckpt.list_checkpoints(self.ckpt_root)):
@@ -348,6 +346,7 @@ class Engine:
         problems = divergence_problems(model=self.model, last_loss=self.last_loss, skipped=self.skipped,
                                        steps=self.step, init_abs_max=self.init_abs_max,
                                        max_skipped_fraction=c.max_skipped_fraction,
+                                       min_skipped_steps=c.min_skipped_steps,
                                        max_weight_growth=c.max_weight_growth)
         if problems:
             raise TrainingAborted(f"the run diverged, so no final model was saved: {'; '.join(problems)}. "

@@ -1,7 +1,8 @@
 """SIGINT / SIGTERM during training: finish the current step, checkpoint, stop.
 
 The first signal only sets a flag (the engine checks it after each optimizer step, agrees on it
-across processes, writes an atomic checkpoint and raises `TrainingInterrupted`). A second Ctrl-C
+across processes with `StopFlag.adopt`, so a signal that reached one process stops them all at the same
+step, writes an atomic checkpoint and raises `TrainingInterrupted`). A second Ctrl-C
 aborts at once (KeyboardInterrupt). Handlers are installed only in the main thread and only while
 training, and the previous ones are restored afterwards.
 """
@@ -34,6 +35,14 @@ class StopFlag:
             self.signum = signum
             self.say(f"{signal.Signals(signum).name} received: finishing this step, then saving a checkpoint "
                      "(Ctrl-C again to abort at once)")
+
+    def adopt(self, signum: int) -> int:
+        """The signal the processes agreed on (the largest any received); one this process did not get
+        itself is said and kept, so every process checkpoints and stops with the same status."""
+        if signum and not self.signum:
+            self.signum = signum
+            self.say(f"{signal.Signals(signum).name} received by another process: saving a checkpoint")
+        return signum
 
     def __enter__(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread():

@@ -28,6 +28,7 @@ from torch import Tensor
 from posttrain.core.strategy import gathered
 
 from .base import Rollouts, SamplingParams, check_prompts, cut_at_stop
+from .lean import LeanLlama, lean_supported, prefill_mask
 
 
 def filter_top_k_top_p(scores: Tensor, top_k: int, top_p: float) -> Tensor:
@@ -152,9 +153,12 @@ class HFBackend:
     batch_size: most sequences decoded together; a chunk holds `max(1, batch_size // n)` prompts,
                 each prefilled once and expanded to its n samples.
     use_cache:  False recomputes the whole sequence every step (slow; for models whose cache is broken).
+    lean:       decode supported Llama-architecture models with `lean.LeanLlama` (the default; the same
+                tokens, a fraction of the per-token Python); False, or an unsupported model, decodes
+                through transformers' forward with `kv_cache.preallocated_cache`.
     """
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 64, use_cache: bool = True):
+    def __init__(self, model, tokenizer, *, batch_size: int = 64, use_cache: bool = True, lean: bool = True):
         if batch_size < 1:
             raise ValueError(f"HFBackend: batch_size must be >= 1, got {batch_size}")
         self.model = unwrap(model)
@@ -166,6 +170,7 @@ class HFBackend:
         self.pad_id = pad if pad is not None else min(self.eos_ids)
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self._logits_to_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
+        self.lean = lean and use_cache and lean_supported(self.model)
 
     @property
     def device(self) -> torch.device:
@@ -192,8 +197,11 @@ class HFBackend:
         completions: list[list[int]] = []
         logps: list[list[float]] = []
         with eval_mode(self.model), gathered(self.model):  # fsdp2: each layer gathered once, not per token
+            lean = LeanLlama(self.model, max(map(len, prompt_ids)) + params.max_new_tokens) if self.lean else None
             for start in range(0, len(prompt_ids), per_chunk):
-                ids, lps = self._generate_chunk(prompt_ids[start:start + per_chunk], n, params, generator)
+                chunk = prompt_ids[start:start + per_chunk]
+                ids, lps = (self._lean_chunk(lean, chunk, n, params, generator) if lean is not None
+                            else self._generate_chunk(chunk, n, params, generator))
                 completions += ids
                 logps += lps
         return self._package(prompt_ids, completions, logps, n, params)
@@ -262,3 +270,48 @@ class HFBackend:
                 seq = torch.cat([seq, tokens[:, None]], dim=1)
                 logits = self._last_logits(seq, mask, positions(mask), None)
         return out_ids, out_lps
+
+    def _lean_chunk(self, lean: LeanLlama, prompt_ids: list[list[int]], n: int, params: SamplingParams,
+                    generator: torch.Generator) -> tuple[list[list[int]], list[list[float]]]:
+        """`_generate_chunk` on `lean.LeanLlama`: the same rows, order, sampling and RNG use (rows that
+        finished are dropped from the batch as there), with a static cache and a mask built once."""
+        ids, mask = left_pad(prompt_ids, self.pad_id, self.device)
+        width, budget = ids.shape[1], params.max_new_tokens
+        pre = lean.new_cache(ids.shape[0], width)
+        hidden = lean.forward(ids, positions(mask), pre, 0, prefill_mask(mask))
+        logits = lean.logits(hidden[:, -1]).repeat_interleave(n, dim=0)
+        cache = lean.new_cache(ids.shape[0] * n, width + budget)
+        for (k, v), (pk, pv) in zip(cache, pre):
+            k[:, :, :width], v[:, :, :width] = pk.repeat_interleave(n, dim=0), pv.repeat_interleave(n, dim=0)
+        del pre
+        keys = torch.zeros((ids.shape[0] * n, 1, 1, width + budget), dtype=hidden.dtype, device=self.device)
+        keys[:, 0, 0, :width].masked_fill_(mask.repeat_interleave(n, dim=0) == 0, float("-inf"))  # additive
+        pos = mask.sum(-1).repeat_interleave(n)[:, None]                       # next position of each row
+        total = rows = torch.arange(keys.shape[0], device=self.device)
+        out_tok = torch.full((len(total), budget), self.pad_id, dtype=torch.long, device=self.device)
+        out_lp = torch.zeros((len(total), budget), dtype=torch.float32, device=self.device)
+        length = torch.full((len(total),), budget, dtype=torch.long, device=self.device)
+        eos = torch.tensor(sorted(self.eos_ids), device=self.device)
+        stopper = _StopStrings(self.tokenizer, params.stop)
+        for step in range(budget):
+            tokens, lps = sample_next(logits, params, generator)
+            out_tok[rows, step], out_lp[rows, step] = tokens, lps
+            done = torch.isin(tokens, eos)
+            if stopper.stop:
+                done |= torch.tensor([stopper.hit(out_tok[r, :step + 1].tolist()) for r in rows.tolist()],
+                                     device=self.device)
+            if step == budget - 1:
+                break
+            if done.any():
+                length[rows[done]] = step + 1
+                if bool(done.all()):
+                    break
+                keep = torch.nonzero(~done).squeeze(1)
+                rows, tokens, keys, pos = rows[keep], tokens[keep], keys[keep], pos[keep]
+                cache = [(k[keep], v[keep]) for k, v in cache]
+            slot = width + step
+            hidden = lean.forward(tokens[:, None], pos, cache, slot, keys[..., :slot + 1])
+            logits = lean.logits(hidden[:, -1])
+            pos = pos + 1
+        n_tok = length.tolist()
+        return ([r[:k] for r, k in zip(out_tok.tolist(), n_tok)], [r[:k] for r, k in zip(out_lp.tolist(), n_tok)])

@@ -46,6 +46,15 @@ def _text(messages) -> str:
 
 
 def pairwise(backend, rows: list[dict], seed: int) -> dict:
+    """Agreement and position statistics of a judge on `rows` (`pairwise_verdicts`)."""
+    return pairwise_verdicts(backend, rows, seed)[0]
+
+
+def pairwise_verdicts(backend, rows: list[dict], seed: int) -> tuple[dict, list, list]:
+    """Each preference row's pair asked in both orders, x = the rater's chosen review: the statistics (agreement
+    with gold on pairs of unequal gold and with the rater, one order and both, first-position win rate, position
+    consistency), the verdicts (`judge_pairwise.Verdict`, None when unanswered) and the single-order answers
+    (True: the order drawn for the row picked the rater's chosen review; None when unanswered)."""
     from posttrain.rewards.judge_pairwise import PairwiseJudge
     from posttrain.rewards.judge_text import Fence
 
@@ -68,12 +77,16 @@ def pairwise(backend, rows: list[dict], seed: int) -> dict:
         return mean(xs)
 
     s = j.summary()
+    return _stats(rate, single, first_wins, swapped, s, sum(unequal)), v, single
+
+
+def _stats(rate, single, first_wins, swapped, s: dict, gold_pairs: int) -> dict:
     return {"single/gold_agreement": rate(single, True), "single/rater_agreement": rate(single, False),
             "single/first_position_win_rate": mean([float(x) for x in first_wins if x is not None]),
             "swap/gold_agreement": rate(swapped, True), "swap/rater_agreement": rate(swapped, False),
             "swap/position_consistency": s["position_consistency"],
             "swap/first_position_win_rate": s["first_position_win_rate"], "unanswered": s["none"],
-            "gold_pairs": sum(unequal)}
+            "gold_pairs": gold_pairs}
 
 
 def injections(backend, rows: list[dict], seed: int) -> dict:
