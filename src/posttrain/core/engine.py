@@ -70,7 +70,7 @@ class Engine:
         self.loss_scale = LossScale(self.accelerator.scaler)  # accelerate's GradScaler for fp16 on a GPU
         if fp16_note(cfg.mixed_precision, self.accelerator):
             self.say(fp16_note(cfg.mixed_precision, self.accelerator))
-        self.strategy = make_strategy(cfg, self.accelerator)
+        self.strategy = make_strategy(cfg, self.accelerator, self.say)
         apply_global_batch(cfg, self.world)
         self.say(f"CPU threads per process: {threads} ({why})")
         self.ckpt_root = os.path.join(cfg.output_dir, "checkpoints")

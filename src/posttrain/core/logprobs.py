@@ -145,29 +145,36 @@ def sequence_logp_sums(model, hidden: Tensor, input_ids: Tensor, mask: Tensor, s
     `(token_logps(...) * mask)` summed per sequence; position 0 of a row, and the first token of every
     packed sequence, must have mask 0 (nothing before it predicts it).
     """
-    h = hidden.shape[-1]
     sel = torch.nonzero(mask.reshape(-1), as_tuple=True)[0]                # scored positions, flat
     pred = sel - 1 if pred_index is None else pred_index.reshape(-1).index_select(0, sel)
-    flat_h = hidden.reshape(-1, h).index_select(0, pred)
     targets = input_ids.reshape(-1).index_select(0, sel)
     weights = mask.reshape(-1).index_select(0, sel).float()
     owners = seq_ids.reshape(-1).index_select(0, sel)
-    lp = _head_logps(model, flat_h, targets, chunk_size)
+    lp = selected_logps(model, hidden, pred, targets, chunk_size=chunk_size)[0]
     return lp.new_zeros(num_seqs).index_add(0, owners, lp * weights)
 
 
-def _head_logps(model, flat_h: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
-    """float32 `[N]` log p(targets[i] | flat_h[i]) through the output head, `chunk_size` rows at a time
-    (0 = auto; several chunks with gradients on are recomputed in backward, as in `logps_from_hidden`)."""
+def selected_logps(model, hidden: Tensor, pred: Tensor, targets: Tensor, *, chunk_size: int = 0,
+                   temperature: float = 1.0, with_entropy: bool = False) -> tuple[Tensor, Tensor]:
+    """`(logps [K], entropy [K])` float32: `log p(targets[k])` under the head applied to the hidden state at
+    flat position `pred[k]` of `hidden` `[B, T, H]` (and that distribution's entropy; zeros unless
+    `with_entropy`). The head runs at those K positions only, `chunk_size` at a time (0 = `auto_chunk`),
+    recomputed in the backward pass when there is more than one chunk (as `logps_from_hidden`)."""
+    flat_h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, pred)
     head = model.get_output_embeddings()
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     step = chunk_size if chunk_size > 0 else auto_chunk(head.weight.shape[0])
     recompute = torch.is_grad_enabled() and flat_h.requires_grad and flat_h.shape[0] > step
-    pieces = []
+    pieces_lp, pieces_ent = [], []
     for s in range(0, flat_h.shape[0], step):
-        args = (head, flat_h[s:s + step], targets[s:s + step], softcap, 1.0, False)
-        pieces.append((checkpoint(_chunk_logps, *args, use_reentrant=False) if recompute else _chunk_logps(*args))[0])
-    return torch.cat(pieces) if pieces else flat_h.new_zeros((0,), dtype=torch.float32)
+        args = (head, flat_h[s:s + step], targets[s:s + step], softcap, temperature, with_entropy)
+        lp, ent = checkpoint(_chunk_logps, *args, use_reentrant=False) if recompute else _chunk_logps(*args)
+        pieces_lp.append(lp)
+        pieces_ent.append(ent)
+    if not pieces_lp:
+        empty = flat_h.new_zeros((0,), dtype=torch.float32)
+        return empty, empty
+    return torch.cat(pieces_lp), torch.cat(pieces_ent)
 
 
 def selected_token_logps(model, hidden: Tensor, input_ids: Tensor, select: Tensor, *, chunk_size: int = 0) -> Tensor:
@@ -177,8 +184,7 @@ def selected_token_logps(model, hidden: Tensor, input_ids: Tensor, select: Tenso
     `hidden` `[B, T, H]` from `hidden_states`. Position 0 of a row, and the first token of every packed
     sequence, must not be selected (nothing before it in its own sequence predicts it).
     """
-    b, t, h = hidden.shape
+    b, t, _ = hidden.shape
     sel = torch.nonzero(select.reshape(-1), as_tuple=True)[0]
-    flat_h = hidden.reshape(-1, h).index_select(0, sel - 1)
-    lp = _head_logps(model, flat_h, input_ids.reshape(-1).index_select(0, sel), chunk_size)
+    lp = selected_logps(model, hidden, sel - 1, input_ids.reshape(-1).index_select(0, sel), chunk_size=chunk_size)[0]
     return lp.new_zeros(b * t).index_copy(0, sel, lp).view(b, t)
