@@ -83,8 +83,7 @@ class Engine:
         self.model, self.tokenizer = model.to(self.accelerator.device), tokenizer
         lean_rms_norms(self.model)  # same forward, a shorter backward (core/fast_norm.py)
         self.device = self.accelerator.device
-        self.step, self.skipped, self.consecutive_skips = 0, 0, 0
-        self._stop, self._agreed_signum = None, 0  # the run's StopFlag; the signal the processes agreed on
+        self.step, self.skipped, self.consecutive_skips, self._stop, self._agreed_signum = 0, 0, 0, None, 0
         self.last_loss, self.init_abs_max = None, None
         if not algorithm.dropout:
             from posttrain.core.models import disable_dropout
@@ -334,8 +333,7 @@ class Engine:
         return last
 
     def _stop_requested(self, stop: StopFlag) -> int:
-        """The signal any process received (all processes agree, so all checkpoint and stop together): as
-        summed with this step's metrics, so a signal that came later in the step counts at the next one."""
+        """The signal any process got, agreed through this step's metrics reduction (later: the next step's)."""
         if self.world == 1:
             return stop.signum
         return stop.adopt(self._agreed_signum)
