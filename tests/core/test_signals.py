@@ -94,3 +94,16 @@ def test_sigint_checkpoints_and_rerun_resumes(tiny_model_dir, tmp_path):
     res = subprocess.run(cmd(step + 1), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"step-{step:08d}" in res.stderr and "resumed from" in res.stderr
+
+
+def test_stop_votes_sum_over_processes_to_the_largest_signal():
+    """The engine sums every process's votes with the step's metrics (one collective for both); the agreed
+    signal is the largest any process got, as the max over signal numbers was."""
+    got_term, got_int, none = StopFlag(), StopFlag(), StopFlag()
+    got_term.signum, got_int.signum = signal.SIGTERM, signal.SIGINT
+    assert none.votes() == [0.0, 0.0] and got_int.votes() == [1.0, 0.0] and got_term.votes() == [0.0, 1.0]
+    summed = lambda *flags: [sum(v) for v in zip(*(f.votes() for f in flags))]  # noqa: E731
+    assert StopFlag.agreed(summed(none, none)) == 0
+    assert StopFlag.agreed(summed(none, got_int)) == signal.SIGINT
+    assert StopFlag.agreed(summed(got_int, got_term, none)) == signal.SIGTERM
+    assert StopFlag.agreed(summed(got_term, got_term)) == signal.SIGTERM  # 2 votes: still SIGTERM, not 30

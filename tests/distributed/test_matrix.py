@@ -67,7 +67,8 @@ def test_algorithm_under_ddp_and_fsdp2(tiny_model_dir, tmp_path, case):
     algo, extra, global_batch, vs_one = CASES[case]
     args = _common(tiny_model_dir) + extra(tiny_model_dir, tmp_path) + [f"distributed.global_batch_size={global_batch}"]
     config = _rl_config(tmp_path, case) if algo in ("grpo", "ppo") else None
-    worker([{"algo": algo, "out": str(tmp_path / s), "overrides": args + [f"distributed.strategy={s}"], "config": config}
+    worker([{"algo": algo, "out": str(tmp_path / s), "overrides": args + [f"distributed.strategy={s}"],
+             "config": config}
             for s in ("ddp", "fsdp2")])
     # PPO's loss (~1e-4, whitened advantages) and GRPO's first-pass loss (~1e-8: ratio 1 times group advantages
     # that sum to 0) are sums of terms that nearly cancel: compare them to 1e-7 absolute too

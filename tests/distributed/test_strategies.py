@@ -109,7 +109,8 @@ def test_fsdp2_checkpoint_is_checksummed_and_a_corrupt_shard_falls_back(runs, ca
     assert {"dcp/__0_0.distcp", "dcp/__1_0.distcp", "dcp/.metadata", "rng-rank1.pt", "algorithm-rank1.pt"} <= files
     assert files == set(meta["files"]) and meta["model_state"] == "full"
     for s in (1, 2):
-        shutil.copytree(tmp / "fsdp2" / "checkpoints" / f"step-{s:08d}", tmp / "corrupt" / "checkpoints" / f"step-{s:08d}")
+        name = f"step-{s:08d}"
+        shutil.copytree(tmp / "fsdp2" / "checkpoints" / name, tmp / "corrupt" / "checkpoints" / name)
     shard = tmp / "corrupt" / "checkpoints" / "step-00000002" / "dcp" / "__1_0.distcp"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF  # rank 1's shard, same size: only its checksum can tell

@@ -16,6 +16,11 @@ one of `losses.policy.AGGREGATIONS`, chosen once:
 All of them divide by the step's GLOBAL counts: the `Normaliser` the engine builds for every step
 (all micro-batches, all processes; `max_len` = max_new_tokens).
 
+`padding_free` (default): each micro-batch's forward runs on one packed row, the G completions of a
+prompt as branches of that prompt (`online.buffer.pack_rows`, attention per sequence by
+`core.varlen_attention`), so the prompt is computed once per group, no padding is computed and the
+head runs at completion tokens only; the log-probs land in the padded layout the loss reads.
+
 The 2025 options (`grpo_variants`, maths in `losses/`): `importance_sampling_level: sequence` (GSPO),
 `loss_type: cispo | sapo`, `advantage: reinforce_pp | reinforce_pp_baseline` (KL in the reward instead
 of the loss), `dynamic_sampling` (DAPO: regenerate until the round holds enough groups with reward

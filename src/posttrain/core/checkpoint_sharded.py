@@ -63,7 +63,8 @@ def _state(model, optimizer) -> tuple[dict, dict, str]:
         keep = _trainable_names(model)
         model_sd = {k: v for k, v in model_sd.items() if k in keep}
         if not model_sd:
-            raise CheckpointError(f"no trainable parameter of the model matches its state dict keys ({sorted(keep)[:3]})")
+            raise CheckpointError(f"no trainable parameter of the model matches its state dict keys "
+                                  f"({sorted(keep)[:3]})")
     return model_sd, optim_sd, kind
 
 

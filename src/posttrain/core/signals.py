@@ -44,6 +44,17 @@ class StopFlag:
             self.say(f"{signal.Signals(signum).name} received by another process: saving a checkpoint")
         return signum
 
+    def votes(self) -> list[float]:
+        """This process's signal as numbers that SUM over processes ([got SIGINT, got SIGTERM]), so the
+        agreement rides on the step's metrics reduction instead of a collective of its own."""
+        return [float(self.signum == s) for s in self.SIGNALS]
+
+    @classmethod
+    def agreed(cls, summed: list[float]) -> int:
+        """The signal of the summed `votes()` of every process: the largest any received (SIGTERM over
+        SIGINT, as a max over signal numbers), 0 when none did."""
+        return max((int(s) for s, n in zip(cls.SIGNALS, summed) if n > 0), default=0)
+
     def __enter__(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread():
             for s in self.SIGNALS:

@@ -67,7 +67,8 @@ class SamplingParams:
         object.__setattr__(self, "stop", stop)
         if self.seeds is not None:
             if isinstance(self.seeds, (str, bytes)) or not all(isinstance(x, int) for x in self.seeds):
-                raise ValueError(f"SamplingParams.seeds must be a sequence of ints (one per prompt), got {self.seeds!r}")
+                raise ValueError(f"SamplingParams.seeds must be a sequence of ints (one per prompt), "
+                                 f"got {self.seeds!r}")
             object.__setattr__(self, "seeds", tuple(self.seeds))
 
     @property

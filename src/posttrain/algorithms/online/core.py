@@ -174,6 +174,6 @@ class OnlineAlgorithm(Algorithm):
         mine = list(range(eng.rank, len(self.eval_prompts), eng.world))
         if not mine:
             return summarise(None, None, self.reward.names)
-        rollouts = self.backend.generate([self.eval_prompts.texts[i] for i in mine], 1,
-                                         self.sampling(-1, self.cfg.eval_temperature, seeds=self.prompt_seeds(-1, mine)))
+        params = self.sampling(-1, self.cfg.eval_temperature, seeds=self.prompt_seeds(-1, mine))
+        rollouts = self.backend.generate([self.eval_prompts.texts[i] for i in mine], 1, params)
         return summarise(self.score(self.eval_prompts, mine, rollouts), rollouts, self.reward.names)
