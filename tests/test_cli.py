@@ -1,6 +1,10 @@
 """The command line: --help lists keys, bad config and bad data give one plain error, data inspect."""
 import json
+import os
+import subprocess
+import sys
 
+import posttrain
 from posttrain.cli import main
 
 from .core.helpers import sft_overrides, write_sft_jsonl
@@ -63,3 +67,19 @@ def test_a_bad_online_setting_is_one_error_line(capsys):
         err = capsys.readouterr().err
         assert rc == 2 and "Traceback" not in err
         assert "error: max_length (48) must exceed max_new_tokens (64)" in err
+
+
+def test_output_into_a_closed_pipe_stops_quietly():
+    """`posttrain recipes | head -1`: the reader is gone; no BrokenPipeError traceback, status 141 (a
+    SIGPIPE-killed tool's). The read end is closed before the child starts, so every write fails."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    src = os.path.dirname(os.path.dirname(posttrain.__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "posttrain", "recipes"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == ""

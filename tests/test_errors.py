@@ -71,18 +71,19 @@ def test_guard_turns_user_errors_into_one_line_and_keeps_debug_tracebacks(capsys
 
 
 def test_missing_model_path_is_named_with_the_recipe_that_makes_it(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "recipes").mkdir()
-    (tmp_path / "recipes" / "sft-tiny.yaml").write_text("model: builtin:tiny\noutput_dir: runs/sft-tiny\n")
+    monkeypatch.chdir(tmp_path)  # no recipes/ here: the packaged recipes are searched, whatever the cwd
     msg = missing_source_message("runs/sft-tiny/final")
     assert msg == ("model 'runs/sft-tiny/final': no such folder, and not a hub name; it is an earlier run's "
-                   "output: train it first with: posttrain sft --config recipes/sft-tiny.yaml")
+                   "output: train it first with: posttrain sft --config sft-tiny")
+    assert producing_recipe("runs/dapo-tiny") == "posttrain grpo --config dapo-tiny"  # as its comment says
     assert missing_source_message("./nowhere", "tokenizer") == "tokenizer './nowhere': no such folder, and not a hub name"
     assert missing_source_message("HuggingFaceTB/SmolLM2-135M") is None  # a hub name: left to the hub
     assert missing_source_message(str(tmp_path)) is None
     assert producing_recipe("runs/other/final") is None
-    (tmp_path / "recipes" / "dapo-x.yaml").write_text("# posttrain grpo --config recipes/dapo-x.yaml\n"
-                                                     "output_dir: runs/dapo-x\n")
-    assert producing_recipe("runs/dapo-x/final") == "posttrain grpo --config recipes/dapo-x.yaml"  # as its comment says
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "dapo-x.yaml").write_text("# posttrain grpo --config mine/dapo-x.yaml\noutput_dir: runs/dapo-x\n")
+    assert producing_recipe("runs/dapo-x/final") is None  # not a packaged recipe
+    assert producing_recipe("runs/dapo-x/final", str(mine)) == f"posttrain grpo --config {mine}/dapo-x.yaml"
     assert main(["sft", "model=runs/sft-tiny/final", "report_to=[]"]) == 2
-    assert "train it first with: posttrain sft --config recipes/sft-tiny.yaml" in _one_error(capsys.readouterr().err)
+    assert "train it first with: posttrain sft --config sft-tiny" in _one_error(capsys.readouterr().err)

@@ -65,3 +65,37 @@ def test_bad_rows_and_mode_are_clear_errors(tmp_path, capsys):
     assert cli(["judge", "label", "--config", str(cfg), "judge.mode=yes_no"]) == 2
     assert "error: judge label needs judge.mode: pairwise, found 'yes_no'" in capsys.readouterr().err
     assert cli(["judge"]) == 2
+
+
+def test_bad_judge_settings_are_one_line_errors_before_any_judging(tmp_path, capsys, tiny_model_dir):
+    """Issue 14's bad inputs from the command line: a template missing its completion fields, a judge model
+    without a chat template under chat: true, a server that is down: each one `error:` line, exit 2."""
+    import shutil
+
+    from posttrain.cli import main as cli
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "completions": ["a", "b"]}) + "\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {data}\noutput: {tmp_path / 'o.jsonl'}\njudge:\n  model: m\n  mode: pairwise\n")
+
+    def error(*overrides):
+        assert cli(["judge", "label", "--config", str(cfg), *overrides]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "Traceback" not in err, err
+        return err
+
+    assert error('judge.template="Which is better, {prompt} {completion_a}?"') == (
+        "error: judge template (mode pairwise) must contain {completion_b}; found fields ['{prompt}', "
+        "'{completion_a}'] in 'Which is better, {prompt} {completion_a}?'")
+    assert error("judge.url=http://127.0.0.1:9").startswith(
+        "error: judge server http://127.0.0.1:9 does not answer GET /v1/models")
+    nochat = tmp_path / "nochat"
+    shutil.copytree(tiny_model_dir, nochat)
+    (nochat / "chat_template.jinja").unlink(missing_ok=True)
+    tok_cfg = json.loads((nochat / "tokenizer_config.json").read_text())
+    tok_cfg.pop("chat_template", None)
+    (nochat / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    assert error(f"judge.model={nochat}", "judge.chat=true") == (
+        f"error: judge.chat is true but the judge model '{nochat}' has no chat template; set judge.chat: false "
+        "to give it the question as plain text")
+    assert not (tmp_path / "o.jsonl").exists()

@@ -215,10 +215,15 @@ def dispatch(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from posttrain.console import quiet_libraries
-    from posttrain.errors import run_guarded
+    from posttrain.errors import closed_stdout, run_guarded
 
     quiet_libraries()
-    return run_guarded(dispatch, sys.argv[1:] if argv is None else argv)
+    try:
+        status = run_guarded(dispatch, sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # here, so a reader that left (`| head`) is seen inside the try
+        return status
+    except BrokenPipeError:
+        return closed_stdout()
 
 
 if __name__ == "__main__":

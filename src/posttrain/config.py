@@ -92,7 +92,9 @@ class TrainConfig(ModelArgs):
     save_total_limit: int = opt(2, "keep the newest N checkpoints")
     max_consecutive_skips: int = opt(5, "abort after this many consecutive non-finite steps")
     max_skipped_fraction: float = opt(0.1, "refuse the final save when more than this share of all steps were "
-                                            "skipped as non-finite (1 = never)")
+                                            "skipped as non-finite (1 = never), once min_skipped_steps were")
+    min_skipped_steps: int = opt(3, "max_skipped_fraction applies from this many skipped steps on (1 or 2 skips "
+                                    "in a short run are a large share, not a divergence)")
     max_weight_growth: float = opt(100.0, "refuse the final save when the largest weight grew more than this many "
                                           "times (diverged); 0 = off")
     report_to: Any = opt(["tensorboard"], "loggers besides metrics.jsonl: tensorboard, wandb, trackio")

@@ -36,7 +36,7 @@ USER_ERRORS = (ConfigError, CheckpointError, TrainingAborted, ModelLoadError, Fi
                NotADirectoryError, IsADirectoryError, ValueError, ImportError) + _data_error() + _reward_error()
 
 # exit status of each kind of stop (a shell's 128 + signal number for signals)
-EXIT_USER_ERROR, EXIT_SIGINT, EXIT_SIGTERM = 2, 130, 143
+EXIT_USER_ERROR, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SIGPIPE = 2, 130, 143, 141
 
 
 def debug() -> bool:
@@ -94,3 +94,16 @@ def run_guarded(fn, *args, **kwargs) -> int:
             raise
         print(f"error: {message(e)}{where(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def closed_stdout() -> int:
+    """The reader of our standard output went away (`posttrain recipes | head`): stop quietly, as a
+    SIGPIPE-killed tool would (status 141), with no traceback. Standard output is pointed at devnull so
+    the interpreter's own flush at exit cannot raise (and print) the BrokenPipeError again; this is the
+    recipe of Python's `signal` documentation ("Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout replaced by an object without a file descriptor
+        pass
+    return EXIT_SIGPIPE

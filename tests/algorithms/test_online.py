@@ -59,3 +59,44 @@ def test_a_new_algorithm_on_the_core_trains_evaluates_and_resumes(tiny_model_dir
     resumed = _run(tiny_model_dir, str(prompts), tmp_path / "cut", 3)
     keep = ("loss", "reward/total/mean", "grad_norm")
     assert [resumed[-1][k] for k in keep] == [whole[-1][k] for k in keep]
+
+
+def test_two_processes_sample_the_prompts_and_seeds_of_one():
+    """Round r on processes 0 and 1 of 2 asks the backend for exactly the prompts and per-prompt seeds that
+    one process asks for (in order), so the hf backend samples the same completions (its per-prompt streams:
+    tests/rollout/test_rollout_hf.py); evaluation seeds by the held-out row, on any number of processes.
+    The 2-process runs themselves: tests/distributed/test_matrix.py (slow)."""
+    from types import SimpleNamespace
+
+    from posttrain.core.algorithm import StepSampler
+
+    class Recorder:
+        def generate(self, prompts, n, params):
+            self.calls.append((prompts, params.seeds))
+
+        def sync_weights(self, model):
+            pass
+
+    def asked(rank, world, rnd, per_process, evaluate=False):
+        algo = Reinforce(OnlineConfig(seed=3, output_dir="unused"))
+        algo.engine = SimpleNamespace(rank=rank, world=world, model=None)
+        algo.prompts = algo.eval_prompts = SimpleNamespace(texts=[f"p{i}" for i in range(10)])
+        algo.sampler = StepSampler(10, per_process, 1, 3, rank, world)
+        algo.backend = Recorder()
+        algo.backend.calls = []
+        if evaluate:
+            mine = list(range(rank, 10, world))
+            algo.backend.generate([algo.eval_prompts.texts[i] for i in mine], 1,
+                                  algo.sampling(-1, 0.0, seeds=algo.prompt_seeds(-1, mine)))
+        else:
+            algo.generate(rnd)
+        return algo.backend.calls[0]
+
+    for rnd in (0, 3):  # round 3 wraps into the second epoch of the 10 prompts
+        one = asked(0, 1, rnd, 6)
+        halves = [asked(r, 2, rnd, 3) for r in (0, 1)]
+        assert halves[0][0] + halves[1][0] == one[0] and halves[0][1] + halves[1][1] == one[1]
+        assert len(set(one[1])) == 6  # every prompt of the round has its own stream
+    assert asked(0, 1, 1, 6)[1] != asked(0, 1, 0, 6)[1]  # another round, other seeds
+    ev1, ev2 = asked(0, 1, 0, 6, True), [asked(r, 2, 0, 3, True) for r in (0, 1)]
+    assert dict(zip(*ev1)) == {**dict(zip(*ev2[0])), **dict(zip(*ev2[1]))}

@@ -140,3 +140,13 @@ def test_cli_ppo_with_reward_model_and_judge(tiny_model_dir, prompts, tmp_path):
     with safe_open(str(out / "final" / "model.safetensors"), "pt") as f:
         assert not any("v_head" in k for k in f.keys())
     AutoModelForCausalLM.from_pretrained(out / "final")
+
+
+def test_round_size_follows_the_batch_the_engine_derives():
+    """`distributed.global_batch_size` sets batch_size after PPO was built: the round and the step's rows
+    must follow (they were fixed at build time, so 2 processes took twice the global batch)."""
+    cfg = PPOConfig(output_dir="unused", batch_size=8, num_mini_batches=2)
+    algo = PPO(cfg)
+    assert algo.prompts_per_round() == 16
+    cfg.batch_size = 4  # what apply_global_batch sets for global 8 on 2 processes
+    assert algo.rows_per_step == 4 and algo.prompts_per_round() == 8

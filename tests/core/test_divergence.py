@@ -51,17 +51,32 @@ def test_huge_learning_rate_is_refused_and_good_checkpoints_kept(tiny_model_dir,
 
 
 def test_too_many_skipped_steps_refused(tiny_model_dir, tmp_path):
-    cfg = _cfg(tiny_model_dir, tmp_path)  # 2 of 6 skipped = 33% > max_skipped_fraction 0.1
-    with pytest.raises(TrainingAborted, match=r"2 of 6 steps \(33%\) were skipped as non-finite"):
-        Engine(cfg, NaNAt(cfg, [1, 3])).train()
+    cfg = _cfg(tiny_model_dir, tmp_path)  # 3 of 6 skipped = 50% > max_skipped_fraction 0.1, and 3 >= 3
+    with pytest.raises(TrainingAborted, match=r"3 of 6 steps \(50%\) were skipped as non-finite"):
+        Engine(cfg, NaNAt(cfg, [1, 2, 4])).train()
     assert not os.path.exists(tmp_path / "out" / "final")
 
 
-def test_allowed_skips_are_counted_in_the_summary(tiny_model_dir, tmp_path, capfd):
-    cfg = _cfg(tiny_model_dir, tmp_path, max_skipped_fraction=0.5)
+def test_two_skips_in_a_short_run_are_allowed_and_counted(tiny_model_dir, tmp_path, capfd):
+    """Defaults: 2 of 6 (33% > 10%) is under min_skipped_steps=3, so the run is saved, and says so."""
+    cfg = _cfg(tiny_model_dir, tmp_path)
     last = Engine(cfg, NaNAt(cfg, [1, 3])).train()
     assert last["skipped_steps"] == 2 and os.path.isdir(tmp_path / "out" / "final")
     assert "2 of 6 steps were skipped as non-finite" in capfd.readouterr().err
+
+
+def test_skipped_share_rule_short_and_long_runs():
+    """Refused iff skipped/steps > 0.1 and skipped >= 3 (the defaults)."""
+    model = torch.nn.Linear(3, 2)
+
+    def refused(skipped, steps):
+        return bool(divergence_problems(model=model, last_loss=1.0, skipped=skipped, steps=steps, init_abs_max=1.0,
+                                        max_skipped_fraction=0.1, max_weight_growth=100.0, min_skipped_steps=3))
+
+    assert not refused(1, 5) and not refused(2, 5) and not refused(2, 19)  # 20%, 40%, 10.5%: under 3 skips
+    assert refused(3, 5) and refused(3, 29)  # 60%, 10.3%
+    assert not refused(3, 30) and not refused(100, 1000)  # exactly 10%: not more than the share
+    assert refused(4, 30) and refused(101, 1000)  # long runs: the share alone decides, as before
 
 
 def test_nonfinite_last_step_refused(tiny_model_dir, tmp_path):
@@ -73,7 +88,7 @@ def test_nonfinite_last_step_refused(tiny_model_dir, tmp_path):
 def test_nonfinite_weight_refused():
     model = torch.nn.Linear(3, 2)
     ok = dict(model=model, last_loss=1.0, skipped=0, steps=10, init_abs_max=1.0, max_skipped_fraction=0.1,
-              max_weight_growth=100.0)
+              max_weight_growth=100.0, min_skipped_steps=3)
     assert divergence_problems(**ok) == []
     with torch.no_grad():
         model.weight[0, 1] = float("inf")

@@ -44,3 +44,20 @@ def test_entropy_matches_definition(tiny_model_dir):
         p = torch.softmax(model(input_ids=ids).logits[:, :-1].float(), -1)
     expected = -(p * p.log()).sum(-1)
     torch.testing.assert_close(ent[:, 1:], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_target_logp_function_value_and_gradient():
+    # the lean backward g * (onehot - softmax) against autograd through log_softmax + gather, and gradcheck
+    from posttrain.core.logprobs import _TargetLogp
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 3, 3, 10, 5, 1])
+    w = torch.randn(6, generator=g, dtype=torch.float64)
+    got = _TargetLogp.apply(logits, targets)
+    (gl,) = torch.autograd.grad((got * w).sum(), logits)
+    ref = torch.log_softmax(logits, -1).gather(-1, targets[:, None]).squeeze(-1)
+    (rl,) = torch.autograd.grad((ref * w).sum(), logits)
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(gl, rl)
+    assert torch.autograd.gradcheck(lambda x: _TargetLogp.apply(x, targets), (logits,))

@@ -27,6 +27,15 @@ def test_first_signal_sets_flag_second_ctrl_c_aborts_handlers_restored():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_a_signal_another_process_received_is_adopted_once():
+    said = []
+    stop = StopFlag(say=said.append)
+    assert stop.adopt(0) == 0 and stop.signum == 0 and said == []  # nobody was signalled
+    assert stop.adopt(signal.SIGTERM) == signal.SIGTERM and stop.signum == signal.SIGTERM
+    assert said == ["SIGTERM received by another process: saving a checkpoint"]
+    assert stop.adopt(signal.SIGTERM) == signal.SIGTERM and len(said) == 1  # already known: not said again
+
+
 class _SignalAt(SFT):
     """SFT that sends this process a signal at the end of step `at` (as a cluster's pre-emption would)."""
 
@@ -85,3 +94,16 @@ def test_sigint_checkpoints_and_rerun_resumes(tiny_model_dir, tmp_path):
     res = subprocess.run(cmd(step + 1), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"step-{step:08d}" in res.stderr and "resumed from" in res.stderr
+
+
+def test_stop_votes_sum_over_processes_to_the_largest_signal():
+    """The engine sums every process's votes with the step's metrics (one collective for both); the agreed
+    signal is the largest any process got, as the max over signal numbers was."""
+    got_term, got_int, none = StopFlag(), StopFlag(), StopFlag()
+    got_term.signum, got_int.signum = signal.SIGTERM, signal.SIGINT
+    assert none.votes() == [0.0, 0.0] and got_int.votes() == [1.0, 0.0] and got_term.votes() == [0.0, 1.0]
+    summed = lambda *flags: [sum(v) for v in zip(*(f.votes() for f in flags))]  # noqa: E731
+    assert StopFlag.agreed(summed(none, none)) == 0
+    assert StopFlag.agreed(summed(none, got_int)) == signal.SIGINT
+    assert StopFlag.agreed(summed(got_int, got_term, none)) == signal.SIGTERM
+    assert StopFlag.agreed(summed(got_term, got_term)) == signal.SIGTERM  # 2 votes: still SIGTERM, not 30

@@ -16,7 +16,9 @@ KEYS = {"goodhart": {"runs", "held_out", "verdict", "betas"},
         "negative_feedback": {"measured", "verdict", "data", "models"},
         "reasoning": {"final", "training", "verdict", "grpo"},
         "sft_vs_dft": {"curves", "heldout_nll_curves", "verdict"},
-        "judges": {"judges", "sizes", "verdict"}}
+        "judges": {"judges", "sizes", "verdict"},
+        "rlaif": {"judges", "arms", "sft_metrics", "verdict"},
+        "reward_model": {"curve", "rankings", "scores", "verdict"}}
 COMMON = {"experiment", "quick", "base", "device", "train_s", "total_s", "plots", "across_seeds"}
 
 

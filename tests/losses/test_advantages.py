@@ -130,6 +130,36 @@ def test_whiten_random_ragged_gives_zero_mean_unit_variance():
         whiten(x, torch.zeros_like(mask))
 
 
+def test_whiten_over_processes_equals_whitening_all_rows_together():
+    """Two 'processes' (threads) each holding half the rows, summing through a barrier as all_reduce does,
+    whiten exactly as one holding every row."""
+    import threading
+
+    torch.manual_seed(1)
+    x = torch.randn(6, 5) * 2 + 3
+    mask = (torch.arange(5) < torch.tensor([5, 2, 4, 1, 3, 5])[:, None]).float()
+    barrier, slots = threading.Barrier(2), [None, None]
+
+    def reduce_for(rank):
+        def reduce(values):
+            slots[rank] = list(values)
+            barrier.wait()
+            total = [a + b for a, b in zip(*slots)]
+            barrier.wait()
+            return total
+        return reduce
+
+    out = [None, None]
+    threads = [threading.Thread(target=lambda r=r: out.__setitem__(
+        r, whiten(x[3 * r:3 * r + 3], mask[3 * r:3 * r + 3], reduce=reduce_for(r)))) for r in (0, 1)]
+    [t.start() for t in threads], [t.join() for t in threads]
+    assert_close(torch.cat(out), whiten(x, mask), rtol=1e-6, atol=1e-6)
+    single = whiten(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1.0, 1.0, 0.0]]), reduce=lambda v: v)
+    assert single[0].tolist() == pytest.approx([-1 / math.sqrt(2), 1 / math.sqrt(2), 0.0], rel=1e-6)  # as by hand
+    lone = whiten(x[:1], (torch.arange(5) < 1).float()[None], reduce=lambda v: v)  # 1 element in all: unchanged
+    assert lone[0].tolist() == pytest.approx([x[0, 0].item(), 0, 0, 0, 0])
+
+
 def test_reinforce_pp_returns_to_go_kl_in_reward_and_global_normalisation():
     from posttrain.losses.advantages import reinforce_pp
 

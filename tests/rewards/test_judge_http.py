@@ -149,3 +149,11 @@ def test_server_down_is_a_clear_error_at_start_and_none_mid_run(bad_server):
     b.url = "http://127.0.0.1:9"                    # the server went away mid-run
     assert Judge(b)(["p"], ["c"]) == [None] and b.stats["failed"] == 1
     assert base_url("http://h:1/v1/chat/completions") == base_url("http://h:1/v1/") == "http://h:1"
+
+
+def test_pairwise_reply_naming_neither_a_nor_b_is_a_counted_none(bad_server):
+    Misbehaving.mode, Misbehaving.hits = "neither", 0          # the server replies "Maybe" to A-or-B questions
+    b = HttpBackend(bad_server, retries=0)
+    j = PairwiseJudge(b)
+    assert j.compare(["p"], ["x"], ["y"]) == [None]
+    assert j.stats["none"] == 1 and j.stats["pairs"] == 0 and b.stats["no_logprobs"] == 2

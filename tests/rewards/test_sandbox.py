@@ -1,5 +1,7 @@
-"""The code sandbox: correct code passes, and hostile code gets 0 (never 1, never None), within
-timeout + 1 s, leaving no process behind and nothing changed outside its folder."""
+"""The code sandbox: correct code passes, and hostile code gets 0 (never 1, never None), stopped by the
+supervisor's own deadline when it runs too long, leaving no process behind and nothing changed outside its
+folder. No wall-clock upper bounds: on a loaded machine the kill and report take longer, so the parent's
+backstop (`grace`) is generous here and the tests check why a run stopped (status, error) instead."""
 import os
 import secrets
 import socket
@@ -13,7 +15,7 @@ from posttrain.rewards.sandbox import SandboxLimits, run_sandboxed
 from posttrain.rewards.sandbox_selftest import sandbox_self_test
 
 TIMEOUT = 2.0
-LIMITS = SandboxLimits(timeout=TIMEOUT, memory_mb=512)
+LIMITS = SandboxLimits(timeout=TIMEOUT, memory_mb=512, grace=30.0)
 TESTS = "assert solve(2, 3) == 5\nassert solve(4, 4) == 8\n"
 
 
@@ -40,8 +42,7 @@ def leftovers(result) -> list[str]:
 
 def check_hostile(code: str, tests: str = TESTS):
     result = run_sandboxed(code, tests, LIMITS)
-    assert result.score() == 0.0, (result.status, result.error, result.outcomes)
-    assert result.elapsed <= TIMEOUT + 1.0, result.elapsed
+    assert result.score() == 0.0, (result.status, result.error, result.outcomes)  # not None: the supervisor reported
     assert leftovers(result) == []
     return result
 
@@ -123,7 +124,10 @@ def test_timeouts_loop_sleep_forkbomb_run_concurrently():
     ]
     with ThreadPoolExecutor(len(cases)) as pool:
         results = list(pool.map(check_hostile, cases))
-    assert [r.status for r in results] == ["timeout"] * 3
+    # each was stopped by the supervisor's own alarm at the deadline (not the parent's backstop, which would
+    # give status infra), and not before it (elapsed is measured from before the supervisor started)
+    assert [(r.status, r.error) for r in results] == [("timeout", "wall-clock timeout")] * 3
+    assert all(r.elapsed >= TIMEOUT for r in results), [r.elapsed for r in results]
 
 
 def test_network_is_blocked():

@@ -95,6 +95,28 @@ def test_same_seed_same_rollouts_other_seed_differs(tiny, prompts):
     assert a.completion_ids != c.completion_ids
 
 
+def test_per_prompt_seeds_make_samples_independent_of_the_split(tiny_model_dir, prompts):
+    """With one seed per prompt, a prompt's samples are the same whether it is generated with the others in
+    one call, alone, or in another chunking (batch_size): what lets 2 processes sample as 1 does."""
+    model, tok = eos_biased(tiny_model_dir)  # rows finish at different steps: dropped rows keep their streams
+    seeds = (11, 22, 33)
+    params = lambda s: SamplingParams(max_new_tokens=10, top_k=40, seeds=s)  # noqa: E731
+    whole = HFBackend(model, tok, batch_size=64).generate(prompts, 3, params(seeds))
+    parts = [HFBackend(model, tok, batch_size=3).generate(prompts[:2], 3, params(seeds[:2])),
+             HFBackend(model, tok, batch_size=2).generate(prompts[2:], 3, params(seeds[2:]))]
+    ids = parts[0].completion_ids + parts[1].completion_ids
+    assert whole.completion_ids == ids
+    assert len({len(c) for c in ids}) > 1 and len(set(map(tuple, ids[:3]))) > 1  # ragged, and samples differ
+    for a, b in zip(whole.completion_logps, parts[0].completion_logps + parts[1].completion_logps):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+    plain = HFBackend(model, tok, lean=False).generate(prompts, 3, params(seeds))  # transformers' forward path
+    assert plain.completion_ids == whole.completion_ids
+    other = HFBackend(model, tok).generate(prompts, 3, params((11, 22, 34)))
+    assert other.completion_ids[:6] == whole.completion_ids[:6] and other.completion_ids[6:] != whole.completion_ids[6:]
+    with pytest.raises(ValueError, match="holds 2 seeds for 3 prompts"):
+        HFBackend(model, tok).generate(prompts, 1, params((1, 2)))
+
+
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (1.0, 40, 0.9), (0.7, 0, 1.0)])
 def test_sampled_logps_equal_a_fresh_forward_pass(tiny_model_dir, prompts, temperature, top_k, top_p):
     # rows of different lengths exercise dropping finished rows; the bias scales with T so p(EOS) stays ~1/6

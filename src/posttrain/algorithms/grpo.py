@@ -16,6 +16,11 @@ one of `losses.policy.AGGREGATIONS`, chosen once:
 All of them divide by the step's GLOBAL counts: the `Normaliser` the engine builds for every step
 (all micro-batches, all processes; `max_len` = max_new_tokens).
 
+`padding_free` (default): each micro-batch's forward runs on one packed row, the G completions of a
+prompt as branches of that prompt (`online.buffer.pack_rows`, attention per sequence by
+`core.varlen_attention`), so the prompt is computed once per group, no padding is computed and the
+head runs at completion tokens only; the log-probs land in the padded layout the loss reads.
+
 The 2025 options (`grpo_variants`, maths in `losses/`): `importance_sampling_level: sequence` (GSPO),
 `loss_type: cispo | sapo`, `advantage: reinforce_pp | reinforce_pp_baseline` (KL in the reward instead
 of the loss), `dynamic_sampling` (DAPO: regenerate until the round holds enough groups with reward
@@ -44,7 +49,7 @@ import torch
 
 from posttrain.algorithms import grpo_variants as vx
 from posttrain.algorithms.online import OnlineAlgorithm, OnlineConfig
-from posttrain.algorithms.online.buffer import collate_rows, split_even
+from posttrain.algorithms.online.buffer import collate_rows, packed_token_logps, split_even
 from posttrain.algorithms.online.groups import grouped_advantages, kept_rows
 from posttrain.algorithms.online.metrics import summarise, write_samples
 from posttrain.config import ConfigError, opt
@@ -91,6 +96,9 @@ class GRPOConfig(OnlineConfig):
     top_entropy_quantile: float = opt(1.0, "train only on this top share of tokens by entropy (0.2 in 'Beyond the "
                                            "80/20 rule'); 1.0 = all")
     entropy_coef: float = opt(0.0, "entropy bonus: minus coef times the mean token entropy is added to the loss")
+    padding_free: bool = opt(True, "train on each micro-batch packed in one row without padding, each group's prompt "
+                                   "computed once (attention per sequence: sdpa_varlen); off or unsupported "
+                                   "attention: right-padded rows")
     sample_steps: int = opt(10, "write OUT/samples/step-N.jsonl (prompt, completion, reward) every N steps; 0 = off")
 
 
@@ -126,9 +134,13 @@ class GRPO(OnlineAlgorithm):
         self.policy_loss = vx.PolicyLoss(cfg)
         est = ESTIMATORS[cfg.advantage]
         self.estimator = functools.partial(est, scale_std=cfg.scale_rewards) if cfg.advantage == "group" else est
-        self.ref = None
+        self.ref, self.packed = None, False
 
     def setup(self, engine) -> None:
+        from posttrain.core.varlen_attention import use_varlen
+
+        check_config(self.cfg)  # again: the engine may have set batch_size from distributed.global_batch_size
+        self.packed = self.cfg.padding_free and use_varlen(engine.model)   # before the reference copy is made
         super().setup(engine)
         if self.cfg.beta > 0:
             self.ref = engine.reference()
@@ -189,25 +201,31 @@ class GRPO(OnlineAlgorithm):
         c, pad, device = self.cfg, self.engine.tokenizer.pad_token_id, self.engine.device
         parts = split_even(keep, c.grad_accum)
         batches = [collate_rows([rollouts.prompt_ids[i] for i in part], [rollouts.completion_ids[i] for i in part],
-                                [rollouts.completion_logps[i] for i in part], advantages[part], pad, device)
-                   for part in parts]
+                                [rollouts.completion_logps[i] for i in part], advantages[part], pad, device,
+                                packed=self.packed) for part in parts]
         if c.mask_truncated_completions:
             vx.mask_truncated(batches, parts, rollouts.truncated)
         if self.ref is not None:
             with torch.no_grad(), self.ref.model() as ref:
                 for b in batches:
-                    lp = token_logps(ref, b.input_ids, b.attention_mask, chunk_size=c.logits_chunk,
-                                     temperature=c.temperature)
+                    lp = self._logps(ref, b)[0]
                     b.ref_logps = torch.where(b.mask != 0, lp, torch.zeros_like(lp))
         if c.advantage in vx.REINFORCE_PP:
             vx.reinforce_pp_advantages(batches, c.beta)
         return batches
 
     # ----------------------------------------------------------------- loss
-    def loss(self, model, batch, norm):
+    def _logps(self, model, batch):
+        """(logps, entropy) [B, T] of a micro-batch (policy or reference: a copy made after `use_varlen`, or
+        the policy itself): from its packed layout when it has one and this run packs, else its padded rows."""
         c = self.cfg
-        logps, entropy = token_logps(model, batch.input_ids, batch.attention_mask, chunk_size=c.logits_chunk,
-                                     temperature=c.temperature, with_entropy=True)
+        if batch.packed_ids is not None and self.packed:
+            return packed_token_logps(model, batch, chunk_size=c.logits_chunk, temperature=c.temperature)
+        return token_logps(model, batch.input_ids, batch.attention_mask, chunk_size=c.logits_chunk,
+                           temperature=c.temperature, with_entropy=True)
+
+    def loss(self, model, batch, norm):
+        logps, entropy = self._logps(model, batch)
         metrics = self.policy_loss.first_pass(batch, logps) if batch.fresh else {}
         loss, pm = self.policy_loss(batch, logps, entropy, norm)
         return loss, {**metrics, **pm}

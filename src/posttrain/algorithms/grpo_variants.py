@@ -15,6 +15,7 @@ import functools
 
 import torch
 
+from posttrain.core.distributed import all_reduce
 from posttrain.core.engine import TrainingAborted
 from posttrain.losses.advantages import reinforce_pp_returns, whiten
 from posttrain.losses.entropy import entropy_bonus, top_entropy_mask
@@ -118,7 +119,8 @@ def mask_truncated(batches, parts: list[list[int]], truncated: list[bool]) -> No
 
 def reinforce_pp_advantages(batches, beta: float) -> None:
     """Token advantages of REINFORCE++ for the whole round: returns-to-go of the row's reward (already in
-    `advantages`, broadcast) minus beta * k1 KL to the reference, whitened over every token of the round."""
+    `advantages`, broadcast) minus beta * k1 KL to the reference, whitened over every token of the round
+    on every process (unchanged when they hold fewer than 2 tokens in all)."""
     pieces, width = [], max(b.mask.shape[1] for b in batches)
     for b in batches:
         seq = masked_mean(b.advantages, b.mask, dim=-1)
@@ -126,9 +128,7 @@ def reinforce_pp_advantages(batches, beta: float) -> None:
         pieces.append(reinforce_pp_returns(seq, b.mask, kl, beta=beta))
     pad = lambda x: torch.nn.functional.pad(x, (0, width - x.shape[1]))  # noqa: E731
     masks = torch.cat([pad(b.mask) for b in batches])
-    if float(masks.sum()) < 2:
-        return
-    adv = whiten(torch.cat([pad(p) for p in pieces]), masks)
+    adv = whiten(torch.cat([pad(p) for p in pieces]), masks, reduce=all_reduce)  # over every process's tokens
     start = 0
     for b in batches:
         b.advantages = adv[start:start + b.mask.shape[0], : b.mask.shape[1]].contiguous()

@@ -14,9 +14,10 @@ and the values, one pass of the frozen reference gives `ref_logps`, and per comp
     r_t = -beta * kl_t  (+ score on the completion's last token),   kl_t = k1 = logp_t - ref_logp_t
 
 (InstructGPT's per-token penalty; `kl_estimator: k3` takes Schulman's k3 instead). GAE (`gamma`, `lam`)
-over the completion tokens gives advantages and returns; advantages are whitened over the round.
-A row the reward could not score (None) is masked out of the round and counted
-(`reward/total/none_count`). With several processes each whitens its own rows.
+over the completion tokens gives advantages and returns; advantages are whitened over the round (over
+every process's rows: statistics summed over processes, so N processes train as one does on the same
+global batch). A row the reward could not score (None) is masked out of the round and counted
+(`reward/total/none_count`).
 
 The round is then trained on for `ppo_epochs` passes; each pass is `num_mini_batches` optimizer steps
 of `grad_accum` micro-batches of `batch_size` rows (rows shuffled per pass, seeded). Loss per step:
@@ -42,6 +43,7 @@ from posttrain.algorithms.online.metrics import summarise
 from posttrain.algorithms.value_head import attach_value_head, token_values, without_value_head
 from posttrain.config import ConfigError, DataConfig, opt
 from posttrain.core.batch import RolloutBatch
+from posttrain.core.distributed import all_reduce
 from posttrain.core.kl_control import make_kl_controller
 from posttrain.core.logprobs import hidden_states, logps_from_hidden
 from posttrain.core.strategy import call_root
@@ -95,7 +97,12 @@ class PPO(OnlineAlgorithm):
         self.kl_ctl = make_kl_controller(cfg.kl_ctl, init_kl_coef=cfg.init_kl_coef, target_kl=cfg.target_kl,
                                          kl_horizon=cfg.kl_horizon)
         self.steps_per_round = cfg.ppo_epochs * cfg.num_mini_batches
-        self.rows_per_step = cfg.batch_size * cfg.grad_accum
+
+    @property
+    def rows_per_step(self) -> int:
+        """Rows of one optimizer step on this process, read when used: the engine sets `batch_size` from
+        `distributed.global_batch_size` after this algorithm was built."""
+        return self.cfg.batch_size * self.cfg.grad_accum
 
     def setup(self, engine) -> None:
         self.reference = engine.reference()  # dropout is off already (`dropout = False`)
@@ -107,10 +114,6 @@ class PPO(OnlineAlgorithm):
 
     def round_of(self, step: int) -> int:
         return step // self.steps_per_round
-
-    def round_seed(self, rnd: int) -> int:
-        # PPO's own seed formula, kept so a given seed samples the same rollouts as before the online core
-        return ((self.cfg.seed * 1_000_003 + rnd) * self.engine.world + self.engine.rank) % 2**62
 
     def sync_policy(self) -> None:
         with without_value_head(self.engine.model) as policy:  # the backend knows no value head
@@ -154,8 +157,8 @@ class PPO(OnlineAlgorithm):
             beta=beta, truncated=torch.tensor([t and ok for t, ok in zip(ro.truncated, scored)]),
             missing_eos_penalty=float(c.missing_eos_penalty or 0.0))
         advantages, returns = gae(rewards, values, mask, gamma=c.gamma, lam=c.lam)
-        if c.whiten_advantages and float(mask.sum()) >= 2:
-            advantages = whiten(advantages, mask)
+        if c.whiten_advantages:  # over every process's rows: N processes whiten as one does
+            advantages = whiten(advantages, mask, reduce=all_reduce)
         self.batches = [RolloutBatch(input_ids=ids, attention_mask=attn, mask=mask, old_logps=old_logps,
                                      advantages=advantages, ref_logps=ref_logps, returns=returns, old_values=values)]
         self.round_metrics = self._round_stats(out, ro, scored, c.missing_eos_penalty, kl, beta)

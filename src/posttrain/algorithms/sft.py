@@ -14,7 +14,7 @@ import torch
 from posttrain.config import TrainConfig, opt
 from posttrain.core.algorithm import Algorithm, StepSampler
 from posttrain.core.distributed import all_reduce
-from posttrain.core.logprobs import token_logps
+from posttrain.core.logprobs import hidden_states, selected_token_logps
 from posttrain.losses.sft import SFT_LOSSES
 
 
@@ -44,12 +44,13 @@ class SFT(Algorithm):
 
         self.engine = engine
         self.pad_id = engine.tokenizer.pad_token_id
-        self.collate = pack_collate if self.cfg.data.packing else pad_collate
-        if self.cfg.data.packing:
-            from posttrain.core.varlen_attention import use_varlen
+        from posttrain.core.varlen_attention import use_varlen
 
-            if use_varlen(engine.model):
-                engine.say("packing: attention runs per packed row (sdpa_varlen), no cross-row attention")
+        self.collate = pack_collate if self.cfg.data.packing else pad_collate
+        # per-sequence attention: packed rows split at position-id restarts; padded rows over their real tokens
+        self.varlen = use_varlen(engine.model)
+        if self.cfg.data.packing and self.varlen:
+            engine.say("packing: attention runs per packed row (sdpa_varlen), no cross-row attention")
         self.examples, stats = self._build(self.cfg.data.train, "train")
         if self.cfg.loss == "unlikelihood" and not any(e.negative for e in self.examples):
             from posttrain.data.errors import DataError
@@ -97,9 +98,18 @@ class SFT(Algorithm):
     def tokens(self, batch) -> int:
         return int(batch.attention_mask.sum()) if batch.attention_mask is not None else int(batch.input_ids.numel())
 
+    def logps(self, model, batch) -> torch.Tensor:
+        """Token log-probs `[B, T]` at the loss-carrying positions (mask or neg_mask), 0 elsewhere: the output
+        head runs only there; a right-padded batch's attention runs over each row's real tokens only."""
+        attention, extra = batch.attention_mask, {}
+        if self.varlen and attention is not None:  # pad_collate pads on the right
+            attention, extra = None, {"row_lengths": batch.attention_mask.sum(-1).tolist()}
+        hidden = hidden_states(model, batch.input_ids, attention, batch.position_ids, **extra)
+        return selected_token_logps(model, hidden, batch.input_ids, batch.mask + batch.neg_mask,
+                                    chunk_size=self.cfg.logits_chunk)
+
     def loss(self, model, batch, norm):
-        logps = token_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids,
-                            chunk_size=self.cfg.logits_chunk)
+        logps = self.logps(model, batch)
         return self.loss_fn(logps, batch.mask, batch.neg_mask, norm.num_items,
                             unlikelihood_alpha=self.cfg.unlikelihood_alpha)
 
@@ -112,7 +122,7 @@ class SFT(Algorithm):
         bs = self.cfg.batch_size
         for s in range(0, len(self.eval_examples), bs):
             b = self.collate(self.eval_examples[s:s + bs], self.pad_id).to(self.engine.device)
-            lp = token_logps(model, b.input_ids, b.attention_mask, b.position_ids, chunk_size=self.cfg.logits_chunk)
+            lp = self.logps(model, b)
             total += float(-(lp * b.mask).sum())
             count += float(b.mask.sum())
         total, count = all_reduce([total, count])

@@ -103,12 +103,14 @@ class StepSampler:
                 self._perms.pop(min(self._perms))
         return self._perms[epoch]
 
+    def positions(self, step: int) -> list[list[int]]:
+        """The global row positions p (above) of this process's micro-batches at `step`: the same p on any
+        number of processes names the same row (online algorithms seed each prompt's sampling by it)."""
+        starts = [((step * self.ga + k) * self.world + self.rank) * self.bs for k in range(self.ga)]
+        return [list(range(start, start + self.bs)) for start in starts]
+
     def micro_indices(self, step: int) -> list[list[int]]:
-        out = []
-        for k in range(self.ga):
-            start = ((step * self.ga + k) * self.world + self.rank) * self.bs
-            out.append([self._perm(p // self.n)[p % self.n] for p in range(start, start + self.bs)])
-        return out
+        return [[self._perm(p // self.n)[p % self.n] for p in part] for part in self.positions(step)]
 
     def epoch(self, step: int) -> float:
         return (step + 1) * self.ga * self.world * self.bs / self.n

@@ -242,7 +242,8 @@ def load_checkpoint(path: str, *, model, optimizer, scheduler, rank: int, verify
         raise CheckpointError(f"{path}/optimizer.pt does not match the optimizer: {e}") from None
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
-    print(f"[posttrain] resumed from {path} (step {meta['step']})", file=sys.stderr)
+    if rank == 0:
+        print(f"[posttrain] resumed from {path} (step {meta['step']})", file=sys.stderr)
     return meta, state["algo"]
 
 

@@ -7,6 +7,11 @@ into the manifest (`trainer.json`: `"checksums": {"algo": ..., "files": {relativ
 resume the newest checkpoint is verified file by file; a missing, truncated or altered file makes it
 corrupt: it is renamed `step-N.corrupt` (never deleted) and the next older one is tried.
 Checkpoints written before checksums existed are verified by size only.
+Hashing re-reads each file just written (from the page cache). Measured on the 27M model (329 MB of
+checkpoint, busy 2-core machine): 0.076 s of a 0.69 s save, ~0.034 s of it the hash itself, so hashing the
+bytes while writing them would save ~0.04 s, and safetensors writes from Rust (no stream to hash without
+holding the whole file in memory), other processes write their own files (RNG, DCP shards): not done.
+(`python bench/checkpoint_save.py bench/.trl-harness/fixture/tiny-llama-l`; bench/README.md.)
 """
 from __future__ import annotations
 

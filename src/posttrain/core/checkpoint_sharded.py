@@ -3,13 +3,19 @@
 A sharded checkpoint is `checkpoints/step-NNNNNNNN/` like a full one (`core/checkpoint.py`), except that
 the model and optimizer live in `dcp/` (each process writes its own shard, `__R_0.distcp`, and the main
 process the `.metadata`) instead of `model.safetensors` / `optimizer.pt`:
-  dcp/                      model + optimizer state, keyed by parameter name (DCP reshards on load)
-  scheduler.json, config.yaml, trainer.json (step, counters, world size, every file with its size)
+  dcp/                      model + optimizer state, keyed by parameter name (DCP reshards on load); when
+                            part of the model is frozen (LoRA) only the trainable parameters, as
+                            `core/trainable_state.py` does for one process: the base comes from `model`
+  scheduler.json, config.yaml, trainer.json (step, counters, world size, every file with its size and
+                            checksum, as full checkpoints: `checkpoint_integrity.py`)
   rng-rank{R}.pt            each process's RNG state
   algorithm.pt, algorithm-rank{R}.pt   the algorithm's state of process 0, and of every other process
   COMPLETE                  written last, by process 0, after EVERY process finished writing
 The folder is written as `.tmp-step-N` and renamed into place, so a kill at any moment leaves either the
-previous checkpoints or a complete new one.
+previous checkpoints or a complete new one. Every process hashes the files it wrote (its shard, RNG and
+algorithm state) and sends the digests to process 0, which hashes the rest and writes the manifest; on
+resume process 0 verifies every file, and a corrupt newest checkpoint is moved aside (`step-N.corrupt`)
+for the next older one, as with full checkpoints.
 
 Loading works at any world size: DCP reads whatever shards the saving processes wrote into the loading
 processes' shards (2 -> 1: into a plain model; 1 -> 2: a full `model.safetensors` checkpoint is read into
@@ -27,34 +33,82 @@ import warnings
 import torch
 
 from posttrain.core import checkpoint as ckpt
+from posttrain.core import checkpoint_integrity as integrity
 from posttrain.core.checkpoint import (CheckpointError, _fsync_dir, latest_complete, rng_state,
                                        set_rng_state)
+from posttrain.core.trainable_state import TRAINABLE, state_kind
 
 DCP_DIR = "dcp"
+_WRAPPERS = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
+
+
+def _trainable_names(model) -> set[str]:
+    """Names of the trainable parameters as DCP's state dicts spell them (wrapper prefixes removed)."""
+    out = set()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            for w in _WRAPPERS:
+                name = name.replace(w, "")
+            out.add(name)
+    return out
+
+
+def _state(model, optimizer) -> tuple[dict, dict, str]:
+    """(model state, optimizer state, kind): a model with frozen parameters keeps its trainable ones only."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    kind = state_kind(model)
+    if kind == TRAINABLE:
+        keep = _trainable_names(model)
+        model_sd = {k: v for k, v in model_sd.items() if k in keep}
+        if not model_sd:
+            raise CheckpointError(f"no trainable parameter of the model matches its state dict keys "
+                                  f"({sorted(keep)[:3]})")
+    return model_sd, optim_sd, kind
 
 
 def is_sharded(path: str) -> bool:
     return os.path.isdir(os.path.join(path, DCP_DIR))
 
 
-def _files(root: str) -> dict[str, int]:
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for n in names:
-            full = os.path.join(dirpath, n)
-            out[os.path.relpath(full, root)] = os.path.getsize(full)
-    return dict(sorted(out.items()))
-
-
 def _algo_file(rank: int) -> str:
     return "algorithm.pt" if rank == 0 else f"algorithm-rank{rank}.pt"
+
+
+def _own_digests(tmp: str, rank: int, algo: str) -> dict[str, tuple[int, str]]:
+    """{relative path: (size, digest)} of the files process `rank` wrote: its RNG and algorithm state and
+    its DCP shard(s) `__R_*.distcp`."""
+    names = [f"rng-rank{rank}.pt", _algo_file(rank)]
+    names += [f"{DCP_DIR}/{n}" for n in sorted(os.listdir(os.path.join(tmp, DCP_DIR))) if n.startswith(f"__{rank}_")]
+    return {n: (os.path.getsize(os.path.join(tmp, n)), integrity.file_digest(os.path.join(tmp, n), algo))
+            for n in names}
+
+
+def _gather_digests(mine: tuple[str, dict]) -> list | None:
+    """Every process's (algo, digests) on process 0 (None elsewhere); one process: its own."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(mine, out, dst=0)
+    return out
+
+
+def _manifest(tmp: str, gathered: list, algo: str) -> tuple[dict, dict]:
+    """(sizes, checksums) of every file in `tmp`: the other processes' digests as sent, the rest hashed here."""
+    known = {name: digest for a, digests in gathered if a == algo for name, (_, digest) in digests.items()}
+    names = integrity.walk_files(tmp)
+    sizes = {n: os.path.getsize(os.path.join(tmp, n)) for n in names}
+    sums = {n: known.get(n) or integrity.file_digest(os.path.join(tmp, n), algo) for n in names}
+    return sizes, {"algo": algo, "files": sums}
 
 
 def save(ckpt_root: str, step: int, *, model, optimizer, scheduler, algo_state: dict, trainer_state: dict,
          config_yaml: str, is_main: bool, rank: int, world: int, barrier, keep: int = 2) -> str:
     """Write sharded checkpoint `step` atomically; every process calls this (it is collective)."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
 
     final = os.path.join(ckpt_root, f"step-{step:08d}")
     tmp = os.path.join(ckpt_root, f".tmp-step-{step:08d}")
@@ -64,25 +118,26 @@ def save(ckpt_root: str, step: int, *, model, optimizer, scheduler, algo_state: 
     barrier()
     torch.save(rng_state(), os.path.join(tmp, f"rng-rank{rank}.pt"))
     torch.save(algo_state, os.path.join(tmp, _algo_file(rank)))
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd, kind = _state(model, optimizer)
     dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=os.path.join(tmp, DCP_DIR))
     for name in os.listdir(tmp):
         if name.startswith(("rng-rank", "algorithm")):
             with open(os.path.join(tmp, name), "rb") as fh:
                 os.fsync(fh.fileno())
-    barrier()  # every process's shard and files are on disk before the marker
+    algo = integrity.default_algo()
+    gathered = _gather_digests((algo, _own_digests(tmp, rank, algo)))  # also: every process's files are written
     if is_main:
         with open(os.path.join(tmp, "scheduler.json"), "w") as f:
             json.dump(scheduler.state_dict(), f)
         with open(os.path.join(tmp, "config.yaml"), "w") as f:
             f.write(config_yaml)
-        for name, _ in _files(tmp).items():
+        for name in integrity.walk_files(tmp):
             with open(os.path.join(tmp, name), "rb") as fh:
                 os.fsync(fh.fileno())
-        files = _files(tmp)
+        sizes, checksums = _manifest(tmp, gathered, algo)
         with open(os.path.join(tmp, "trainer.json"), "w") as f:
-            json.dump({**trainer_state, "step": step, "world_size": world, "format": "dcp", "files": files}, f,
-                      indent=1)
+            json.dump({**trainer_state, "step": step, "world_size": world, "format": "dcp", "model_state": kind,
+                       "files": sizes, "checksums": checksums}, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
         with open(os.path.join(tmp, "COMPLETE"), "w") as f:
@@ -115,10 +170,12 @@ def _meta(path: str) -> dict:
 
 
 def _load_dcp(path: str, model, optimizer) -> None:
+    """DCP's shards into `model` (sharded or not): its trainable parameters only when part of it is frozen
+    (the base was loaded from the config; a checkpoint that also holds the base works the same)."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd, kind = _state(model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
     try:
         with warnings.catch_warnings():  # on one process DCP says it loads without a process group: intended
@@ -127,7 +184,8 @@ def _load_dcp(path: str, model, optimizer) -> None:
     except Exception as e:
         raise CheckpointError(f"cannot read {os.path.join(path, DCP_DIR)}: {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from None
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(strict=kind != TRAINABLE))
 
 
 def _load_full_into_sharded(path: str, model, optimizer) -> None:

@@ -3,7 +3,12 @@
 The engine asks `divergence_problems` before the final save. A run is refused when
   - the last step's loss is not finite;
   - any trainable weight is not finite;
-  - more than `max_skipped_fraction` of all steps were skipped as non-finite;
+  - more than `max_skipped_fraction` of all steps were skipped as non-finite, and at least
+    `min_skipped_steps` were: in a short run one or two skips are a large share but no sign of a
+    diverged run (a skipped step leaves the weights untouched, which the other checks still see, and a
+    streak of skips aborts the run earlier: `max_consecutive_skips`). With the defaults (0.1, 3) the two
+    rules differ only for runs under 20 steps (1 or 2 skips there); from 20 steps on, a share over 10%
+    is at least 3 skips;
   - the largest trainable weight grew more than `max_weight_growth` times (relative to
     max(initial largest weight, 1)): e.g. learning_rate=1e6 leaves weights of 1e6 and a loss near
     uniform that is still finite, which the first three checks cannot see.
@@ -51,7 +56,8 @@ def nonfinite_names(named_params, limit: int = 3) -> tuple[int, list[str]]:
 
 
 def divergence_problems(*, model, last_loss: float | None, skipped: int, steps: int, init_abs_max: float | None,
-                        max_skipped_fraction: float, max_weight_growth: float) -> list[str]:
+                        max_skipped_fraction: float, max_weight_growth: float,
+                        min_skipped_steps: int) -> list[str]:
     """Why the run's final weights must not be saved (empty when they may)."""
     problems = []
     if last_loss is not None and not math.isfinite(last_loss):
@@ -66,9 +72,9 @@ def divergence_problems(*, model, last_loss: float | None, skipped: int, steps: 
         count, names = int(t[0]), names or ["on another process"]
     if count:
         problems.append(f"{count} weight tensor(s) hold nan or inf (e.g. {', '.join(names)})")
-    if steps > 0 and skipped / steps > max_skipped_fraction:
+    if steps > 0 and skipped / steps > max_skipped_fraction and skipped >= min_skipped_steps:
         problems.append(f"{skipped} of {steps} steps ({100 * skipped / steps:.0f}%) were skipped as non-finite "
-                        f"(max_skipped_fraction {max_skipped_fraction})")
+                        f"(max_skipped_fraction {max_skipped_fraction}, min_skipped_steps {min_skipped_steps})")
     if not count and max_weight_growth > 0 and init_abs_max is not None and math.isfinite(init_abs_max):
         now, base = abs_max(p for _, p in named), max(init_abs_max, 1.0)
         if now > max_weight_growth * base:

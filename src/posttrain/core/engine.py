@@ -28,6 +28,8 @@ from posttrain.core import checkpoint as ckpt
 from posttrain.core import checkpoint_integrity as integrity
 from posttrain.core.distributed import all_reduce
 from posttrain.core.divergence import abs_max, divergence_problems
+from posttrain.core.fast_norm import lean_rms_norms
+from posttrain.core.fast_rotary import lean_rotary
 from posttrain.core.metrics_log import MetricsLogger, read_metrics
 from posttrain.core.mixed_precision import LossScale, fp16_note, mixed_precision_name
 from posttrain.core.models import save_final
@@ -69,7 +71,7 @@ class Engine:
         self.loss_scale = LossScale(self.accelerator.scaler)  # accelerate's GradScaler for fp16 on a GPU
         if fp16_note(cfg.mixed_precision, self.accelerator):
             self.say(fp16_note(cfg.mixed_precision, self.accelerator))
-        self.strategy = make_strategy(cfg, self.accelerator)
+        self.strategy = make_strategy(cfg, self.accelerator, self.say)
         apply_global_batch(cfg, self.world)
         self.say(f"CPU threads per process: {threads} ({why})")
         self.ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
@@ -80,8 +82,9 @@ class Engine:
 
             model, tokenizer = load_model(cfg)
         self.model, self.tokenizer = model.to(self.accelerator.device), tokenizer
+        lean_rms_norms(self.model), lean_rotary(self.model)  # same forward, shorter backward (core/fast_*.py)
         self.device = self.accelerator.device
-        self.step, self.skipped, self.consecutive_skips = 0, 0, 0
+        self.step, self.skipped, self.consecutive_skips, self._stop, self._agreed_signum = 0, 0, 0, None, 0
         self.last_loss, self.init_abs_max = None, None
         if not algorithm.dropout:
             from posttrain.core.models import disable_dropout
@@ -228,8 +231,11 @@ class Engine:
         # one host transfer for all metrics of the step (a GPU sync per metric would stall the stream)
         values = torch.stack([torch.as_tensor(x, dtype=torch.float32, device=self.device).reshape(())
                               for x in [loss_sum] + [sums[k] for k in keys]]).tolist()
-        reduced = all_reduce([values[0]] + [v / len(micros) for v in values[1:]])
-        out = {"loss": reduced[0], **{k: v / self.world for k, v in zip(keys, reduced[1:])}}
+        # the stop votes (a signal any process got) ride on this reduction: no collective of their own
+        votes = self._stop.votes() if self._stop is not None else [0.0] * len(StopFlag.SIGNALS)
+        reduced = all_reduce([values[0]] + [v / len(micros) for v in values[1:]] + votes)
+        self._agreed_signum = StopFlag.agreed(reduced[len(values):])
+        out = {"loss": reduced[0], **{k: v / self.world for k, v in zip(keys, reduced[1:len(values)])}}
         out["tokens"] = tokens
         return out
 
@@ -296,6 +302,7 @@ class Engine:
         bar = tqdm(total=c.max_steps, initial=self.step, disable=not self.is_main, desc=self.algo.name,
                    dynamic_ncols=True, file=sys.stderr)
         with StopFlag(self.say) as stop:
+            self._stop = stop  # its votes ride on each step's metrics reduction (_backward_step)
             last = self._loop(log, bar, stop)
         self._finish()
         return {**last, "skipped_steps": self.skipped}
@@ -327,12 +334,10 @@ class Engine:
         return last
 
     def _stop_requested(self, stop: StopFlag) -> int:
-        """The signal any process received (all processes agree, so all checkpoint and stop together)."""
+        """The signal any process got, agreed through this step's metrics reduction (later: the next step's)."""
         if self.world == 1:
             return stop.signum
-        got = all_reduce([float(stop.signum)], op="max")[0]
-        stop.signum = stop.signum or int(got)
-        return int(got)
+        return stop.adopt(self._agreed_signum)
 
     def _interrupt(self, signum: int):
         if not any(s == self.step for s, _ in ckpt.list_checkpoints(self.ckpt_root)):
@@ -348,6 +353,7 @@ class Engine:
         problems = divergence_problems(model=self.model, last_loss=self.last_loss, skipped=self.skipped,
                                        steps=self.step, init_abs_max=self.init_abs_max,
                                        max_skipped_fraction=c.max_skipped_fraction,
+                                       min_skipped_steps=c.min_skipped_steps,
                                        max_weight_growth=c.max_weight_growth)
         if problems:
             raise TrainingAborted(f"the run diverged, so no final model was saved: {'; '.join(problems)}. "

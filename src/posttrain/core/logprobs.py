@@ -18,6 +18,26 @@ from torch.utils.checkpoint import checkpoint
 from posttrain.core.strategy import call_root
 
 
+class _TargetLogp(torch.autograd.Function):
+    """`log_softmax(logits)[i, targets[i]]`, float32 `[N]`, with one lean backward pass over the logits:
+    d/dlogits = g * (onehot(target) - softmax), written in place into one buffer (autograd's own graph of
+    logsumexp + gather also zero-fills a gather gradient and adds the two: two more passes over `[N, V]`).
+    The forward is the same ops as the plain `logits.gather(...) - logsumexp(logits)`."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
+        logz = torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(logits, logz, targets)
+        return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        logits, logz, targets = ctx.saved_tensors
+        g = g.unsqueeze(-1)
+        grad = torch.sub(logits, logz.unsqueeze(-1)).exp_().mul_(-g)
+        return grad.scatter_add_(-1, targets.unsqueeze(-1), g), None
+
+
 def _chunk_logps(head, hidden: Tensor, targets: Tensor, softcap: float | None, temperature: float,
                  with_entropy: bool) -> tuple[Tensor, Tensor]:
     logits = head(hidden).float()
@@ -25,14 +45,13 @@ def _chunk_logps(head, hidden: Tensor, targets: Tensor, softcap: float | None, t
         logits = torch.tanh(logits / softcap) * softcap
     if temperature != 1.0:
         logits = logits / temperature
+    if not with_entropy:
+        logps = _TargetLogp.apply(logits, targets)
+        return logps, torch.zeros_like(logps)
     logz = torch.logsumexp(logits, dim=-1)
     logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
-    if with_entropy:
-        probs = torch.softmax(logits, dim=-1)
-        entropy = logz - (probs * logits).sum(-1)
-    else:
-        entropy = torch.zeros_like(logps)
-    return logps, entropy
+    probs = torch.softmax(logits, dim=-1)
+    return logps, logz - (probs * logits).sum(-1)
 
 
 LOGITS_PER_CHUNK = 1 << 25  # 32M float32 logits = 128 MiB per chunk when chunk_size is 0 (auto)
@@ -43,17 +62,18 @@ def auto_chunk(vocab_size: int) -> int:
     return max(1, LOGITS_PER_CHUNK // max(1, vocab_size))
 
 
-def _hidden(model, input_ids, attention_mask, position_ids) -> Tensor:
+def _hidden(model, input_ids, attention_mask, position_ids, **kwargs) -> Tensor:
     out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=False)
+                              use_cache=False, **kwargs)
     return out.last_hidden_state
 
 
 def hidden_states(model, input_ids: Tensor, attention_mask: Tensor | None = None,
-                  position_ids: Tensor | None = None) -> Tensor:
+                  position_ids: Tensor | None = None, **kwargs) -> Tensor:
     """Final (normed) hidden states `[B, T, H]` of a causal LM, PEFT-wrapped or not (an FSDP2 root is
-    entered through `call_root`, so its own parameters are gathered)."""
-    return call_root(model, _hidden, input_ids, attention_mask, position_ids)
+    entered through `call_root`, so its own parameters are gathered). `kwargs` go to the decoder, which
+    hands them to the attention function (e.g. `row_lengths`, see `core.varlen_attention`)."""
+    return call_root(model, _hidden, input_ids, attention_mask, position_ids, **kwargs)
 
 
 def logps_from_hidden(model, hidden: Tensor, input_ids: Tensor, *, chunk_size: int = 0,
@@ -125,20 +145,46 @@ def sequence_logp_sums(model, hidden: Tensor, input_ids: Tensor, mask: Tensor, s
     `(token_logps(...) * mask)` summed per sequence; position 0 of a row, and the first token of every
     packed sequence, must have mask 0 (nothing before it predicts it).
     """
-    h = hidden.shape[-1]
     sel = torch.nonzero(mask.reshape(-1), as_tuple=True)[0]                # scored positions, flat
     pred = sel - 1 if pred_index is None else pred_index.reshape(-1).index_select(0, sel)
-    flat_h = hidden.reshape(-1, h).index_select(0, pred)
     targets = input_ids.reshape(-1).index_select(0, sel)
     weights = mask.reshape(-1).index_select(0, sel).float()
     owners = seq_ids.reshape(-1).index_select(0, sel)
+    lp = selected_logps(model, hidden, pred, targets, chunk_size=chunk_size)[0]
+    return lp.new_zeros(num_seqs).index_add(0, owners, lp * weights)
+
+
+def selected_logps(model, hidden: Tensor, pred: Tensor, targets: Tensor, *, chunk_size: int = 0,
+                   temperature: float = 1.0, with_entropy: bool = False) -> tuple[Tensor, Tensor]:
+    """`(logps [K], entropy [K])` float32: `log p(targets[k])` under the head applied to the hidden state at
+    flat position `pred[k]` of `hidden` `[B, T, H]` (and that distribution's entropy; zeros unless
+    `with_entropy`). The head runs at those K positions only, `chunk_size` at a time (0 = `auto_chunk`),
+    recomputed in the backward pass when there is more than one chunk (as `logps_from_hidden`)."""
+    flat_h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, pred)
     head = model.get_output_embeddings()
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     step = chunk_size if chunk_size > 0 else auto_chunk(head.weight.shape[0])
     recompute = torch.is_grad_enabled() and flat_h.requires_grad and flat_h.shape[0] > step
-    pieces = []
+    pieces_lp, pieces_ent = [], []
     for s in range(0, flat_h.shape[0], step):
-        args = (head, flat_h[s:s + step], targets[s:s + step], softcap, 1.0, False)
-        pieces.append((checkpoint(_chunk_logps, *args, use_reentrant=False) if recompute else _chunk_logps(*args))[0])
-    lp = torch.cat(pieces) if pieces else flat_h.new_zeros((0,), dtype=torch.float32)
-    return lp.new_zeros(num_seqs).index_add(0, owners, lp * weights)
+        args = (head, flat_h[s:s + step], targets[s:s + step], softcap, temperature, with_entropy)
+        lp, ent = checkpoint(_chunk_logps, *args, use_reentrant=False) if recompute else _chunk_logps(*args)
+        pieces_lp.append(lp)
+        pieces_ent.append(ent)
+    if not pieces_lp:
+        empty = flat_h.new_zeros((0,), dtype=torch.float32)
+        return empty, empty
+    return torch.cat(pieces_lp), torch.cat(pieces_ent)
+
+
+def selected_token_logps(model, hidden: Tensor, input_ids: Tensor, select: Tensor, *, chunk_size: int = 0) -> Tensor:
+    """`token_logps` where `select` `[B, T]` is non-zero, exactly 0 elsewhere, float32 `[B, T]`; the head
+    runs ONLY at the selected positions (no logits for prompt or padding positions that carry no loss).
+
+    `hidden` `[B, T, H]` from `hidden_states`. Position 0 of a row, and the first token of every packed
+    sequence, must not be selected (nothing before it in its own sequence predicts it).
+    """
+    b, t, _ = hidden.shape
+    sel = torch.nonzero(select.reshape(-1), as_tuple=True)[0]
+    lp = selected_logps(model, hidden, sel - 1, input_ids.reshape(-1).index_select(0, sel), chunk_size=chunk_size)[0]
+    return lp.new_zeros(b * t).index_copy(0, sel, lp).view(b, t)

@@ -32,14 +32,19 @@ def recipe_command(recipe: str, text: str | None = None) -> str | None:
     return m.group(1) if m else None
 
 
-def producing_recipe(path: str, recipes_dir: str = "recipes") -> str | None:
-    """`posttrain ALGO --config recipes/X.yaml` whose `output_dir` is the folder that holds `path`
-    (`OUT/final` or `OUT`), found among the YAML recipes in `recipes_dir`; None if none."""
+def producing_recipe(path: str, recipes_dir: str | None = None) -> str | None:
+    """`posttrain ALGO --config X` whose recipe's `output_dir` is the folder that holds `path` (`OUT/final`
+    or `OUT`); None if none. By default the recipes searched are the packaged ones (`config.recipes_dir()`,
+    whatever the working directory), named as `--config` takes them: `--config sft-tiny`; a `recipes_dir`
+    given is searched instead, its files named by path."""
     import yaml
 
+    from posttrain.config import recipes_dir as packaged_dir
+
+    folder = recipes_dir or packaged_dir()
     norm = os.path.normpath(path)
     wanted = {norm, os.path.dirname(norm)} if os.path.basename(norm) == "final" else {norm}
-    for recipe in sorted(glob.glob(os.path.join(recipes_dir, "*.yaml"))):
+    for recipe in sorted(glob.glob(os.path.join(folder, "*.yaml"))):
         try:
             with open(recipe) as f:
                 text = f.read()
@@ -48,7 +53,7 @@ def producing_recipe(path: str, recipes_dir: str = "recipes") -> str | None:
             continue
         if isinstance(out, str) and os.path.normpath(out) in wanted:
             algo = recipe_command(recipe, text) or os.path.basename(recipe).split("-")[0].split(".")[0]
-            return f"posttrain {algo} --config {recipe}"
+            return f"posttrain {algo} --config {recipe if recipes_dir else os.path.basename(recipe)[:-5]}"
     return None
 
 

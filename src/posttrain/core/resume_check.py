@@ -16,7 +16,7 @@ from posttrain.config import ConfigError, to_yaml
 
 RESUMABLE_KEYS = ("max_steps", "logging_steps", "eval_steps", "save_steps", "save_total_limit", "report_to",
                   "threads", "resume", "resume_force", "output_dir", "max_consecutive_skips",
-                  "max_skipped_fraction", "max_weight_growth", "data.max_eval_rows", "sample_steps",
+                  "max_skipped_fraction", "min_skipped_steps", "max_weight_growth", "data.max_eval_rows", "sample_steps",
                   # where the work runs, not what is computed (a sharded run may resume on one process):
                   "distributed.strategy", "distributed.cpu_offload", "distributed.reshard_after_forward",
                   "distributed.zero_stage", "gradient_checkpointing")

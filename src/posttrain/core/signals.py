@@ -1,7 +1,8 @@
 """SIGINT / SIGTERM during training: finish the current step, checkpoint, stop.
 
 The first signal only sets a flag (the engine checks it after each optimizer step, agrees on it
-across processes, writes an atomic checkpoint and raises `TrainingInterrupted`). A second Ctrl-C
+across processes with `StopFlag.adopt`, so a signal that reached one process stops them all at the same
+step, writes an atomic checkpoint and raises `TrainingInterrupted`). A second Ctrl-C
 aborts at once (KeyboardInterrupt). Handlers are installed only in the main thread and only while
 training, and the previous ones are restored afterwards.
 """
@@ -34,6 +35,25 @@ class StopFlag:
             self.signum = signum
             self.say(f"{signal.Signals(signum).name} received: finishing this step, then saving a checkpoint "
                      "(Ctrl-C again to abort at once)")
+
+    def adopt(self, signum: int) -> int:
+        """The signal the processes agreed on (the largest any received); one this process did not get
+        itself is said and kept, so every process checkpoints and stops with the same status."""
+        if signum and not self.signum:
+            self.signum = signum
+            self.say(f"{signal.Signals(signum).name} received by another process: saving a checkpoint")
+        return signum
+
+    def votes(self) -> list[float]:
+        """This process's signal as numbers that SUM over processes ([got SIGINT, got SIGTERM]), so the
+        agreement rides on the step's metrics reduction instead of a collective of its own."""
+        return [float(self.signum == s) for s in self.SIGNALS]
+
+    @classmethod
+    def agreed(cls, summed: list[float]) -> int:
+        """The signal of the summed `votes()` of every process: the largest any received (SIGTERM over
+        SIGINT, as a max over signal numbers), 0 when none did."""
+        return max((int(s) for s, n in zip(cls.SIGNALS, summed) if n > 0), default=0)
 
     def __enter__(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread():

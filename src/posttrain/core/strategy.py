@@ -36,8 +36,40 @@ def _launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
 
 
+def accelerate_config_kind(accelerator) -> str:
+    """What accelerate was configured for: its state's distributed type, or, when that is a plain multi-process
+    type, what `accelerate launch --config_file X` put in the environment (ACCELERATE_USE_FSDP /
+    ACCELERATE_USE_DEEPSPEED): without a GPU accelerate's own state says MULTI_CPU even for an FSDP config."""
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if kind in ("FSDP", "DEEPSPEED"):
+        return kind
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "FSDP"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return "DEEPSPEED"
+    return kind
+
+
+def adopt_accelerate_fsdp(cfg) -> list[str]:
+    """Settings of accelerate's FSDP config (the FSDP_* environment its launcher sets) that posttrain's fsdp2
+    has: CPU offload, no reshard after forward, activation checkpointing, turned on in `cfg` when the
+    accelerate config asks for them. Returns what was adopted (`key=value`), to be said."""
+    env, d, adopted = os.environ, cfg.distributed, []
+    if env.get("FSDP_OFFLOAD_PARAMS", "").lower() == "true" and not d.cpu_offload:
+        d.cpu_offload = True
+        adopted.append("distributed.cpu_offload=true")
+    if env.get("FSDP_RESHARD_AFTER_FORWARD", "").lower() in ("false", "no_reshard", "shard_grad_op") \
+            and d.reshard_after_forward:
+        d.reshard_after_forward = False
+        adopted.append("distributed.reshard_after_forward=false")
+    if env.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() == "true" and not cfg.gradient_checkpointing:
+        cfg.gradient_checkpointing = True
+        adopted.append("gradient_checkpointing=true")
+    return adopted
+
+
 def resolve_name(name: str, accelerator) -> str:
-    """The strategy to run: `name` checked, `auto` resolved from accelerate's state and the world size."""
+    """The strategy to run: `name` checked, `auto` resolved from accelerate's config and the world size."""
     if name not in STRATEGIES:
         import difflib
 
@@ -46,7 +78,7 @@ def resolve_name(name: str, accelerator) -> str:
         raise ConfigError(f"distributed.strategy: expected one of {', '.join(STRATEGIES)}, found '{name}'{hint}")
     world = accelerator.num_processes
     if name == "auto":
-        kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+        kind = accelerate_config_kind(accelerator)
         if kind == "FSDP":
             return "fsdp2"
         if kind == "DEEPSPEED":
@@ -66,16 +98,32 @@ def _parent_cmdline() -> list[str]:
         return []
 
 
+def _config_processes(argv: list[str]) -> int:
+    """`num_processes` of the accelerate config file named by `--config_file X` in `argv` (1 if none)."""
+    path = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config_file", "--config-file")),
+                next((a.split("=", 1)[1] for a in argv if a.startswith(("--config_file=", "--config-file="))), None))
+    if path is None:
+        return 1
+    import yaml
+
+    try:
+        with open(path) as f:
+            return int((yaml.safe_load(f) or {}).get("num_processes", 1))
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+        return 1
+
+
 def launcher_mismatch(world: int, parent: list[str] | None = None) -> str | None:
-    """A warning when `accelerate launch --num_processes N` (N > 1) started this single process: on a machine
-    without a GPU accelerate's plain launcher runs one process unless `--multi_gpu` is given. `parent`: the
-    launching process's argv (read from /proc when None)."""
+    """A warning when `accelerate launch --num_processes N` (N > 1, or `--config_file X` whose num_processes
+    is N) started this single process: on a machine without a GPU accelerate's plain launcher runs one
+    process unless `--multi_gpu` is given (or the config's distributed_type is MULTI_GPU or FSDP).
+    `parent`: the launching process's argv (read from /proc when None)."""
     if world > 1:
         return None
     parent = _parent_cmdline() if parent is None else parent
     if not any(a.endswith("accelerate") or "accelerate.commands" in a for a in parent) or "launch" not in parent:
         return None
-    asked = 1
+    asked = _config_processes(parent)
     for i, a in enumerate(parent):
         if a in ("--num_processes", "--num-processes") and i + 1 < len(parent) and parent[i + 1].isdigit():
             asked = int(parent[i + 1])
@@ -84,7 +132,8 @@ def launcher_mismatch(world: int, parent: list[str] | None = None) -> str | None
     if asked <= 1:
         return None
     return (f"warning: accelerate launch asked for {asked} processes but started this ONE (without a GPU, accelerate "
-            f"needs --multi_gpu to start several); use `torchrun --nproc_per_node {asked} -m posttrain ...` or "
+            f"needs --multi_gpu, or distributed_type: MULTI_GPU in its config file, to start several); use "
+            f"`torchrun --nproc_per_node {asked} -m posttrain ...` or "
             f"`accelerate launch --multi_gpu --num_processes {asked} ...`")
 
 
@@ -319,8 +368,10 @@ class FSDP2(Strategy):
         return f"fsdp2 ({', '.join(extra)})"
 
 
-def make_strategy(cfg, accelerator) -> Strategy:
+def make_strategy(cfg, accelerator, say=lambda _msg: None) -> Strategy:
     name = resolve_name(cfg.distributed.strategy, accelerator)
+    if name == "fsdp2" and cfg.distributed.strategy == "auto" and (adopted := adopt_accelerate_fsdp(cfg)):
+        say(f"from accelerate's FSDP config: {', '.join(adopted)}")
     if name in ("ddp", "fsdp2"):
         ensure_process_group(name, accelerator.device)  # fail before the model is loaded
     if name == "deepspeed":

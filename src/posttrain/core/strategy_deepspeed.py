@@ -5,8 +5,13 @@ The engine then owns what the loop does by hand under the other strategies: `acc
 runs DeepSpeed's backward (gradient reduce-scatter / partitioning) and, on the step's last micro-batch,
 its clipping (`gradient_clipping` = max_grad_norm) and optimizer step. ZeRO-3's parameter gathering is a
 hook on every submodule, so the chunked output head and the direct `get_decoder()` call work unchanged.
-Checkpoints are the full (gathered) kind. Not runnable on this project's CPU machines (DeepSpeed needs
-CUDA), and not yet run on a GPU: see docs/DISTRIBUTED.md.
+Checkpoints are the full (gathered) kind. Not yet run on a GPU: see docs/DISTRIBUTED.md.
+
+Why not on CPU: DeepSpeed itself trains on CPU (0.19.8 with DS_ACCELERATOR=cpu and gloo: ZeRO-2 and ZeRO-3
+ran a nano Llama on 2 processes through `deepspeed.initialize`, the same losses at both stages), but
+accelerate 1.15 sets DeepSpeed up only on an accelerator device: `Accelerator(cpu=True)` gives MULTI_CPU
+and `prepare` returns a DDP module (the plugin ignored), and `cpu=False` without a device gives one
+process per launch (`num_processes` 1, no process group). So this strategy asks for a GPU.
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ def plugin(cfg):
         raise ConfigError("distributed.strategy=deepspeed needs the deepspeed package: pip install deepspeed "
                          "(on a machine with CUDA); or use strategy fsdp2, which needs nothing extra")
     if not torch.cuda.is_available():
-        raise ConfigError("distributed.strategy=deepspeed needs a CUDA GPU; on CPU use ddp or fsdp2")
+        raise ConfigError("distributed.strategy=deepspeed needs a CUDA GPU (accelerate sets DeepSpeed up only on "
+                         "one); on CPU use ddp or fsdp2")
     from accelerate.utils import DeepSpeedPlugin
 
     d = cfg.distributed
@@ -50,6 +56,10 @@ class DeepSpeed(Strategy):
         self.grad_scale = float(self.world * self.cfg.grad_accum)
 
     def prepare(self, engine) -> None:
+        # with no dataloader to read it from, accelerate's prepare() refuses DeepSpeed's "auto" micro-batch size
+        # (an error met on the way in, on CPU; train_batch_size = micro x accumulation x processes it fills)
+        ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = self.cfg.batch_size
         runner, engine.optimizer, engine.scheduler = self.accelerator.prepare(_Runner(self.model), engine.optimizer,
                                                                               engine.scheduler)
         self.ds = runner

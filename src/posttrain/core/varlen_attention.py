@@ -8,6 +8,10 @@ across rows. Every other call (a padded batch, generation with a KV cache) goes 
 path unchanged, so the same model still generates. Flash-attention varlen kernels do the same on GPUs;
 this is the CPU (and any-device) version.
 
+Right-padded batches (SFT without packing): called with `attention_mask=None` and `row_lengths` (the real
+tokens of each row, a list of ints passed through the decoder's kwargs), each row's attention runs over its
+real tokens only, causal, instead of `[T, T]` per row under a padding mask; padding positions get output 0.
+
 Shared prefixes (`data.packed_pairs` with a shared prompt): a sequence whose position ids restart at q > 0
 rather than 0 is a BRANCH of the latest sequence that started at 0: it attends to that sequence's first q
 tokens (the shared prompt) and causally to itself, exactly as if the prompt were repeated in front of it.
@@ -36,29 +40,55 @@ def _packed(attention_mask, query, key, kwargs) -> bool:
             and kwargs.get("position_ids") is not None)
 
 
+def _right_padded(attention_mask, query, key, kwargs) -> bool:
+    lengths = kwargs.get("row_lengths")
+    return (attention_mask is None and lengths is not None and len(lengths) == query.shape[0]
+            and query.shape[2] == key.shape[2])
+
+
+def _rows_alone(query, key, value, lengths: list[int], dropout: float, scaling):
+    """A right-padded batch `[B, H, T, D]` whose row i holds `lengths[i]` real tokens: causal SDPA over each
+    row's real tokens only; padding positions get output 0 (no query reads a padding key: causal, and the
+    padding is on the right, so real positions equal the masked batch's; padding positions carry no loss)."""
+    t, gqa = query.shape[2], query.shape[1] != key.shape[1]
+    outs = []
+    rows = zip(*(x.split(1, dim=0) for x in (query, key, value)))  # one cat in backward, not B zero-filled copies
+    for n, (q, k, v) in zip(lengths, rows):
+        o = F.scaled_dot_product_attention(q[:, :, :n], k[:, :, :n], v[:, :, :n], is_causal=True,
+                                           dropout_p=dropout, scale=scaling, enable_gqa=gqa)
+        o = o.transpose(1, 2)
+        outs.append(o if n == t else torch.cat([o, o.new_zeros((1, t - n) + o.shape[2:])], dim=1))
+    return torch.cat(outs, dim=0).contiguous(), None
+
+
 def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """AttentionInterface function: query/key/value `[1, H, N, D]` -> output `[1, N, H, D]`."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if _right_padded(attention_mask, query, key, kwargs):
+        return _rows_alone(query, key, value, kwargs["row_lengths"], dropout, scaling)
     if not _packed(attention_mask, query, key, kwargs):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     gqa = query.shape[1] != key.shape[1]
     pos = kwargs["position_ids"].reshape(-1)
+    bounds = segment_bounds(pos)
+    starts = pos[[s for s, _ in bounds]].tolist()
+    # split, not slice: the backward of a split is one cat, a slice's backward fills a whole-row zero tensor
+    sizes = [e - s for s, e in bounds]
+    qs, ks, vs = (x.split(sizes, dim=2) for x in (query, key, value))
     outs, root = [], 0
-    for s, e in segment_bounds(pos):
-        q0 = int(pos[s])
+    for i, q0 in enumerate(starts):
         if q0 == 0:
-            root = s
-            outs.append(F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e],
-                                                       is_causal=True, dropout_p=dropout, scale=scaling,
-                                                       enable_gqa=gqa))
+            root = i
+            outs.append(F.scaled_dot_product_attention(qs[i], ks[i], vs[i], is_causal=True, dropout_p=dropout,
+                                                       scale=scaling, enable_gqa=gqa))
             continue
-        k = torch.cat([key[:, :, root:root + q0], key[:, :, s:e]], dim=2)   # branch: shared prefix + itself
-        v = torch.cat([value[:, :, root:root + q0], value[:, :, s:e]], dim=2)
-        n = e - s
+        k = torch.cat([ks[root][:, :, :q0], ks[i]], dim=2)   # branch: shared prefix + itself
+        v = torch.cat([vs[root][:, :, :q0], vs[i]], dim=2)
+        n = sizes[i]
         mask = torch.ones((n, q0 + n), dtype=torch.bool, device=query.device).tril_(q0)
-        outs.append(F.scaled_dot_product_attention(query[:, :, s:e], k, v, attn_mask=mask, dropout_p=dropout,
+        outs.append(F.scaled_dot_product_attention(qs[i], k, v, attn_mask=mask, dropout_p=dropout,
                                                    scale=scaling, enable_gqa=gqa))
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 

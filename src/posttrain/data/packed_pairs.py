@@ -48,6 +48,27 @@ def _shared_len(chosen, rejected) -> int:
     return n
 
 
+def pack_shared_prefix(seqs: Sequence[list[int]], prefix_len: int, ids: list[int], pos: list[int],
+                       pred: list[int]) -> list[int]:
+    """Append `seqs`, which share their first `prefix_len` tokens, to a packed row as `[seq 0 whole, tail 1,
+    tail 2, ...]` (the shared prefix once), extending `ids`, `pos` (position ids) and `pred` (per token,
+    the packed index of the hidden state that predicts it) in place. Each tail's positions continue from
+    the prefix, which `core.varlen_attention` reads as a branch attending to the prefix, and its first
+    token is predicted from the prefix's last token. Returns where each sequence's own tokens start
+    (sequence 0: where the prefix starts). A pair of `pack_shared_prompt_collate` is two sequences, a
+    GRPO group (`algorithms.online.buffer`) is the G completions of one prompt."""
+    root, starts = len(ids), []
+    for k, seq in enumerate(seqs):
+        frm = prefix_len if k else 0
+        n, start = len(seq) - frm, len(ids)
+        first = root + prefix_len - 1 if frm and prefix_len else start - 1
+        pred += ([first] + list(range(start, start + n - 1)))[:n]
+        ids += seq[frm:]
+        pos += range(frm, len(seq))
+        starts.append(start)
+    return starts
+
+
 def pack_shared_prompt_collate(examples: Sequence[PreferenceExample], pad_id: int | None = None) -> PreferenceBatch:
     """Every pair as `[prompt, chosen tail, rejected tail]` in one packed row: the prompt (the tokens both
     share before their first scored token) is computed once per pair. The rejected tail's position ids
@@ -61,15 +82,12 @@ def pack_shared_prompt_collate(examples: Sequence[PreferenceExample], pad_id: in
     p = len(pairs)
     ids, pos, mask, owner, pred, last = [], [], [], [], [], [0] * (2 * p)
     for k, (ch, rj) in enumerate(pairs):
-        s, root = _shared_len(ch, rj), len(ids)
+        s = _shared_len(ch, rj)
+        pack_shared_prefix([ch.input_ids, rj.input_ids], s, ids, pos, pred)
         for seq, tail_from, who in ((ch, 0, k), (rj, s, p + k)):
-            n = len(seq.input_ids) - tail_from
-            pred += [root + s - 1 if tail_from and s else len(ids) - 1] + list(range(len(ids), len(ids) + n - 1))
-            ids += seq.input_ids[tail_from:]
-            pos += range(tail_from, len(seq.input_ids))
             mask += seq.mask[tail_from:]
-            owner += [who] * n
-            last[who] = len(ids) - 1
+            owner += [who] * (len(seq.input_ids) - tail_from)
+        last[k], last[p + k] = len(ids) - 1 - (len(rj.input_ids) - s), len(ids) - 1
     return _packed_batch(examples, ids, pos, mask, owner, last, pred=pred,
                          num_tokens=sum(len(c.input_ids) + len(r.input_ids) for c, r in pairs))
 

@@ -86,7 +86,7 @@ def leave_one_out(rewards: Tensor, group_size: int) -> Tensor:
 
 
 @torch.no_grad()
-def whiten(x: Tensor, mask: Tensor, *, shift_mean: bool = True) -> Tensor:
+def whiten(x: Tensor, mask: Tensor, *, shift_mean: bool = True, reduce=None) -> Tensor:
     """Masked whitening of advantages (as TRL's `masked_whiten`, used by PPO-RLHF implementations):
 
         (x - mean) / sqrt(var + 1e-8)   (+ mean again when shift_mean=False: rescale only)
@@ -94,7 +94,14 @@ def whiten(x: Tensor, mask: Tensor, *, shift_mean: bool = True) -> Tensor:
     mean and the UNBIASED variance (divides by n - 1) are taken over the masked elements of the whole
     `[B, T]` tensor (this micro-batch). Needs at least 2 masked elements. Returns `[B, T]`, detached,
     0 where `mask == 0`.
+
+    `reduce`: a function summing a list of floats over processes (`core.distributed.all_reduce`; two
+    calls): mean and variance are then those of every process's masked elements together, in float64,
+    so N processes whiten as one process holding all their rows does. With fewer than 2 masked elements
+    over all processes `x` comes back unchanged (masked) rather than raising: every process must agree.
     """
+    if reduce is not None:
+        return _whiten_over_processes(x, mask, shift_mean, reduce)
     n = float(mask.sum())
     if n < 2:
         raise ValueError(f"whiten needs at least 2 masked elements, the mask sums to {n}")
@@ -104,6 +111,17 @@ def whiten(x: Tensor, mask: Tensor, *, shift_mean: bool = True) -> Tensor:
     if not shift_mean:
         out = out + mean
     return torch.where(mask != 0, out, torch.zeros_like(out))
+
+
+def _whiten_over_processes(x: Tensor, mask: Tensor, shift_mean: bool, reduce) -> Tensor:
+    x64, m64 = x.detach().double(), mask.double()
+    n, total = reduce([float(m64.sum()), float((x64 * m64).sum())])
+    if n < 2:
+        return torch.where(mask != 0, x, torch.zeros_like(x)).detach()
+    mean = total / n
+    var = reduce([float((((x64 - mean) ** 2) * m64).sum())])[0] / (n - 1)
+    out = (x64 - mean) / (var + WHITEN_EPS) ** 0.5 + (0.0 if shift_mean else mean)
+    return torch.where(mask != 0, out, torch.zeros_like(out)).to(x.dtype)
 
 
 @torch.no_grad()

@@ -7,7 +7,10 @@ candidate's functions, whose results come back as plain data (see ``_jail/judge.
 
 Layers, and what each one gives (``mode="root"``, the default when we run as root):
 - process: the supervisor in a new session (``start_new_session``); wall-clock deadline enforced
-  by the supervisor (SIGALRM) and, 0.8 s later, by this process killing the whole group.
+  by the supervisor (SIGALRM) and, ``grace`` seconds later, by this process killing the whole group
+  (the run is then not scored: ``None``). The grace covers the supervisor's killing and reaping of
+  the run: a killed runner at nice +10 on a loaded machine needs CPU time to die (measured: up to
+  0.7 s on 2 cores at load 12, so the former 0.8 s let a timeout become ``None``; 2 s by default).
 - PID namespace: the runner is PID 1 of a fresh namespace (a bare init that forks the real
   runner); when it dies the kernel kills every process of the run, even ones that called
   ``setsid``. The supervisor is also a child subreaper and kills any descendant left.
@@ -54,7 +57,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-GRACE_S = 0.8
 INFRA_STATUSES = frozenset({"infra", "bad_tests", "unsupported"})
 _SRC_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the ``posttrain`` package
 
@@ -69,6 +71,7 @@ class SandboxLimits:
     open_files: int = 64           # RLIMIT_NOFILE
     processes: int = 32            # RLIMIT_NPROC (root mode: counted for the run's own uid)
     mode: str = "auto"             # auto | root | userns | plain (see the module docstring)
+    grace: float = 2.0             # seconds past `timeout` the supervisor may take to kill the run and report
 
 
 @dataclass
@@ -134,7 +137,7 @@ def run_sandboxed(code: str, tests: str | list[str], limits: SandboxLimits = San
     except OSError as exc:
         return SandboxResult("infra", error=f"cannot start the sandbox supervisor: {exc}")
     try:
-        out, err = proc.communicate(json.dumps(job).encode(), timeout=float(limits.timeout) + GRACE_S)
+        out, err = proc.communicate(json.dumps(job).encode(), timeout=float(limits.timeout) + float(limits.grace))
     except subprocess.TimeoutExpired:
         _kill_group(proc.pid)
         proc.communicate()

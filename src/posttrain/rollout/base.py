@@ -12,8 +12,16 @@ was drawn from, but the trainer's forward pass can only reproduce the unfiltered
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed that is a function of the integers `keys` alone (blake2b of their decimal form), so
+    different key tuples give unrelated streams and the same tuple the same seed on every machine."""
+    digest = hashlib.blake2b(",".join(str(int(k)) for k in keys).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 class RolloutBackendUnavailable(RuntimeError):
@@ -29,6 +37,11 @@ class SamplingParams:
     `seed`: makes `generate` deterministic for the same prompts, `n`, params and backend settings.
     `None` draws a seed from the global torch RNG (one draw), so a run seeded globally stays
     reproducible and a resume that restores the global RNG state replays the same rollouts.
+    `seeds`: one seed per prompt of the call (overrides `seed`). Sample j of prompt i then draws from
+    its own random stream, seeded `derive_seed(seeds[i], j)`, so it does not depend on the other prompts
+    of the call, on the backend's batch size, or on how the prompts were shared out over processes (the
+    online algorithms pass seeds of (seed, round, global prompt position): 2 processes sample what 1
+    does). With `seed` alone, one stream serves the whole call, row by row.
     """
 
     max_new_tokens: int
@@ -37,6 +50,7 @@ class SamplingParams:
     top_k: int = 0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    seeds: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -51,6 +65,11 @@ class SamplingParams:
         if any(not isinstance(s, str) or not s for s in stop):
             raise ValueError(f"SamplingParams.stop must hold non-empty strings, got {self.stop!r}")
         object.__setattr__(self, "stop", stop)
+        if self.seeds is not None:
+            if isinstance(self.seeds, (str, bytes)) or not all(isinstance(x, int) for x in self.seeds):
+                raise ValueError(f"SamplingParams.seeds must be a sequence of ints (one per prompt), "
+                                 f"got {self.seeds!r}")
+            object.__setattr__(self, "seeds", tuple(self.seeds))
 
     @property
     def greedy(self) -> bool:
@@ -151,6 +170,12 @@ def check_prompts(prompts, n: int) -> list[str]:
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"generate: n (samples per prompt) must be an int >= 1, got {n!r}")
     return prompts
+
+
+def check_seeds(prompts: list[str], params: SamplingParams) -> None:
+    """`params.seeds`, when given, must hold one seed per prompt."""
+    if params.seeds is not None and len(params.seeds) != len(prompts):
+        raise ValueError(f"generate: SamplingParams.seeds holds {len(params.seeds)} seeds for {len(prompts)} prompts")
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:

@@ -14,8 +14,12 @@ the batch (`DynamicCache.batch_select_indices`), so late steps only pay for live
 Sampling order matches transformers and vLLM: logits / T, then top-k, then top-p, then a draw with a
 private `torch.Generator` (the global RNG is not touched, except for one draw when `seed` is None).
 Log-probs are `log_softmax(logits / T)` of the raw logits, before top-k / top-p (see `base.py`).
-Sampling consumes the generator row by row, so samples depend on `batch_size` and on the other
-prompts of the call; greedy results do not.
+With `SamplingParams.seeds` (one per prompt; what the online algorithms pass) every sample has its own
+stream of uniforms (`row_uniforms`: sample j of prompt i draws its token t with the t-th uniform of a
+generator seeded `derive_seed(seeds[i], j)`), so a sample depends on its prompt, its seed and the model
+alone: not on the other prompts of the call, on `batch_size`, or on the number of processes sharing a
+round. With `seed` alone one generator is consumed row by row, so samples depend on `batch_size` and on
+the other prompts of the call. Greedy results depend on neither.
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ from torch import Tensor
 
 from posttrain.core.strategy import gathered
 
-from .base import Rollouts, SamplingParams, check_prompts, cut_at_stop
+from .base import Rollouts, SamplingParams, check_prompts, check_seeds, cut_at_stop, derive_seed
+from .lean import LeanLlama, lean_supported, prefill_mask
 
 
 def filter_top_k_top_p(scores: Tensor, top_k: int, top_p: float) -> Tensor:
@@ -50,19 +55,25 @@ def filter_top_k_top_p(scores: Tensor, top_k: int, top_p: float) -> Tensor:
     return scores
 
 
-def draw(probs: Tensor, generator: torch.Generator) -> Tensor:
+def draw(probs: Tensor, generator: torch.Generator | None = None, u: Tensor | None = None) -> Tensor:
     """One index per row of `probs` [A, V] (rows need not be normalised), by inverse CDF: u ~ U[0, 1) per
     row, the first index whose cumulative mass exceeds u * total. The same categorical distribution as
     `torch.multinomial(probs, 1)`, at a fraction of its CPU cost (A uniforms instead of A x V exponentials);
-    a zero-probability index is never drawn (its cumulative mass equals its predecessor's)."""
+    a zero-probability index is never drawn (its cumulative mass equals its predecessor's).
+    `u` [A]: the rows' uniforms, given (per-sample streams); else A are drawn from `generator`."""
     cdf = probs.cumsum(dim=-1)
-    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
+    if u is None:
+        u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
+    else:
+        u = u.to(device=probs.device, dtype=cdf.dtype).view(-1, 1)
     top = (cdf < cdf[:, -1:]).sum(-1, keepdim=True)  # where the mass reaches its total (u * total may round up)
     return torch.minimum(torch.searchsorted(cdf, u * cdf[:, -1:], right=True), top).squeeze(1)
 
 
-def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Draw one token per row of `logits` [A, V] (float32). Returns (tokens [A] long, logps [A]).
+def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None,
+                u: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Draw one token per row of `logits` [A, V] (float32), with the uniforms `u` [A] when given, else from
+    `generator`. Returns (tokens [A] long, logps [A]).
 
     logps = log_softmax(logits / T) at the drawn token, unfiltered; greedy (T = 0) uses T = 1.
     """
@@ -73,7 +84,7 @@ def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generat
         scaled = logits / params.temperature
         logps = torch.log_softmax(scaled, dim=-1)
         probs = filter_top_k_top_p(scaled, params.top_k, params.top_p).softmax(dim=-1)
-        tokens = draw(probs, generator)
+        tokens = draw(probs, generator, u)
     return tokens, logps.gather(1, tokens[:, None]).squeeze(1)
 
 
@@ -99,6 +110,16 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
         if not isinstance(inner, torch.nn.Module):
             return model
         model = inner
+
+
+def row_uniforms(seeds: list[int], n: int, steps: int) -> Tensor:
+    """[len(seeds) * n, steps] uniforms, prompt-major: row i * n + j is the stream of sample j of the prompt
+    seeded `seeds[i]`, from its own generator (seeded `derive_seed(seeds[i], j)`): one draw per token."""
+    out = torch.empty((len(seeds) * n, steps), dtype=torch.float32)
+    for i, s in enumerate(seeds):
+        for j in range(n):
+            out[i * n + j] = torch.rand(steps, generator=torch.Generator().manual_seed(derive_seed(s, j)))
+    return out
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:
@@ -152,9 +173,12 @@ class HFBackend:
     batch_size: most sequences decoded together; a chunk holds `max(1, batch_size // n)` prompts,
                 each prefilled once and expanded to its n samples.
     use_cache:  False recomputes the whole sequence every step (slow; for models whose cache is broken).
+    lean:       decode supported Llama-architecture models with `lean.LeanLlama` (the default; the same
+                tokens, a fraction of the per-token Python); False, or an unsupported model, decodes
+                through transformers' forward with `kv_cache.preallocated_cache`.
     """
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 64, use_cache: bool = True):
+    def __init__(self, model, tokenizer, *, batch_size: int = 64, use_cache: bool = True, lean: bool = True):
         if batch_size < 1:
             raise ValueError(f"HFBackend: batch_size must be >= 1, got {batch_size}")
         self.model = unwrap(model)
@@ -166,6 +190,7 @@ class HFBackend:
         self.pad_id = pad if pad is not None else min(self.eos_ids)
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self._logits_to_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
+        self.lean = lean and use_cache and lean_supported(self.model)
 
     @property
     def device(self) -> torch.device:
@@ -182,18 +207,29 @@ class HFBackend:
 
     def generate(self, prompts: list[str], n: int, params: SamplingParams) -> Rollouts:
         prompts = check_prompts(prompts, n)
+        check_seeds(prompts, params)
         prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         for i, ids in enumerate(prompt_ids):
             if not ids:
                 raise ValueError(f"generate: prompt {i} ({prompts[i]!r:.60}) tokenises to no tokens")
-        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
-        generator = torch.Generator(device=self.device).manual_seed(seed)
+        generator, streams = None, None
+        if params.seeds is not None:
+            streams = None if params.greedy else row_uniforms(list(params.seeds), n, params.max_new_tokens)
+        else:
+            seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
+            generator = torch.Generator(device=self.device).manual_seed(seed)
         per_chunk = max(1, self.batch_size // n)
         completions: list[list[int]] = []
         logps: list[list[float]] = []
         with eval_mode(self.model), gathered(self.model):  # fsdp2: each layer gathered once, not per token
+            # checked again here: the engine shards the policy (fsdp2, ZeRO-3) after the backend was built
+            lean = (LeanLlama(self.model, max(map(len, prompt_ids)) + params.max_new_tokens)
+                    if self.lean and lean_supported(self.model) else None)
             for start in range(0, len(prompt_ids), per_chunk):
-                ids, lps = self._generate_chunk(prompt_ids[start:start + per_chunk], n, params, generator)
+                chunk = prompt_ids[start:start + per_chunk]
+                us = None if streams is None else streams[start * n:(start + per_chunk) * n]
+                ids, lps = (self._lean_chunk(lean, chunk, n, params, generator, us) if lean is not None
+                            else self._generate_chunk(chunk, n, params, generator, us))
                 completions += ids
                 logps += lps
         return self._package(prompt_ids, completions, logps, n, params)
@@ -218,8 +254,10 @@ class HFBackend:
         return self.model(**kwargs).logits[:, -1].float()
 
     def _generate_chunk(self, prompt_ids: list[list[int]], n: int, params: SamplingParams,
-                        generator: torch.Generator) -> tuple[list[list[int]], list[list[float]]]:
-        """Sample n completions for each prompt of the chunk; rows come out prompt-major."""
+                        generator: torch.Generator | None, streams: Tensor | None = None
+                        ) -> tuple[list[list[int]], list[list[float]]]:
+        """Sample n completions for each prompt of the chunk; rows come out prompt-major. `streams`
+        [rows, max_new_tokens]: each row's uniforms (else `generator` serves every row)."""
         from .kv_cache import preallocated_cache
 
         ids, mask = left_pad(prompt_ids, self.pad_id, self.device)
@@ -238,7 +276,8 @@ class HFBackend:
         out_lps: list[list[float]] = [[] for _ in range(mask.shape[0])]
         stopper = _StopStrings(self.tokenizer, params.stop)
         for step in range(params.max_new_tokens):
-            tokens, lps = sample_next(logits, params, generator)
+            u = None if streams is None else streams[rows.cpu(), step]
+            tokens, lps = sample_next(logits, params, generator, u)
             live = []
             for j, (r, tok, lp) in enumerate(zip(rows.tolist(), tokens.tolist(), lps.tolist())):
                 out_ids[r].append(tok)
@@ -262,3 +301,50 @@ class HFBackend:
                 seq = torch.cat([seq, tokens[:, None]], dim=1)
                 logits = self._last_logits(seq, mask, positions(mask), None)
         return out_ids, out_lps
+
+    def _lean_chunk(self, lean: LeanLlama, prompt_ids: list[list[int]], n: int, params: SamplingParams,
+                    generator: torch.Generator | None, streams: Tensor | None = None
+                    ) -> tuple[list[list[int]], list[list[float]]]:
+        """`_generate_chunk` on `lean.LeanLlama`: the same rows, order, sampling and RNG use (rows that
+        finished are dropped from the batch as there), with a static cache and a mask built once."""
+        ids, mask = left_pad(prompt_ids, self.pad_id, self.device)
+        width, budget = ids.shape[1], params.max_new_tokens
+        pre = lean.new_cache(ids.shape[0], width)
+        hidden = lean.forward(ids, positions(mask), pre, 0, prefill_mask(mask))
+        logits = lean.logits(hidden[:, -1]).repeat_interleave(n, dim=0)
+        cache = lean.new_cache(ids.shape[0] * n, width + budget)
+        for (k, v), (pk, pv) in zip(cache, pre):
+            k[:, :, :width], v[:, :, :width] = pk.repeat_interleave(n, dim=0), pv.repeat_interleave(n, dim=0)
+        del pre
+        keys = torch.zeros((ids.shape[0] * n, 1, 1, width + budget), dtype=hidden.dtype, device=self.device)
+        keys[:, 0, 0, :width].masked_fill_(mask.repeat_interleave(n, dim=0) == 0, float("-inf"))  # additive
+        pos = mask.sum(-1).repeat_interleave(n)[:, None]                       # next position of each row
+        total = rows = torch.arange(keys.shape[0], device=self.device)
+        out_tok = torch.full((len(total), budget), self.pad_id, dtype=torch.long, device=self.device)
+        out_lp = torch.zeros((len(total), budget), dtype=torch.float32, device=self.device)
+        length = torch.full((len(total),), budget, dtype=torch.long, device=self.device)
+        eos = torch.tensor(sorted(self.eos_ids), device=self.device)
+        stopper = _StopStrings(self.tokenizer, params.stop)
+        for step in range(budget):
+            u = None if streams is None else streams[rows.cpu(), step]
+            tokens, lps = sample_next(logits, params, generator, u)
+            out_tok[rows, step], out_lp[rows, step] = tokens, lps
+            done = torch.isin(tokens, eos)
+            if stopper.stop:
+                done |= torch.tensor([stopper.hit(out_tok[r, :step + 1].tolist()) for r in rows.tolist()],
+                                     device=self.device)
+            if step == budget - 1:
+                break
+            if done.any():
+                length[rows[done]] = step + 1
+                if bool(done.all()):
+                    break
+                keep = torch.nonzero(~done).squeeze(1)
+                rows, tokens, keys, pos = rows[keep], tokens[keep], keys[keep], pos[keep]
+                cache = [(k[keep], v[keep]) for k, v in cache]
+            slot = width + step
+            hidden = lean.forward(tokens[:, None], pos, cache, slot, keys[..., :slot + 1])
+            logits = lean.logits(hidden[:, -1])
+            pos = pos + 1
+        n_tok = length.tolist()
+        return ([r[:k] for r, k in zip(out_tok.tolist(), n_tok)], [r[:k] for r, k in zip(out_lp.tolist(), n_tok)])

@@ -22,7 +22,7 @@ vLLM's kernels (and bf16 weights) also make its log-probs differ from the traine
 from __future__ import annotations
 
 import os
-from .base import Rollouts, RolloutBackendUnavailable, SamplingParams, check_prompts, cut_at_stop
+from .base import Rollouts, RolloutBackendUnavailable, SamplingParams, check_prompts, check_seeds, cut_at_stop
 from .hf import eos_token_ids, unwrap
 
 INSTALL_HINT = "pip install 'posttrain[vllm]'"
@@ -142,11 +142,12 @@ class VLLMBackend:
         _engine_model(self.llm).load_weights(vllm_named_weights(model))
         self.llm.reset_prefix_cache()
 
-    def _sampling_params(self, n: int, params: SamplingParams):
+    def _sampling_params(self, n: int, params: SamplingParams, seed: int | None = None):
         import torch
 
         # as in HFBackend: no seed -> one draw from the global torch RNG, so resumes replay the same rollouts
-        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        if seed is None:
+            seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
         return self._vllm.SamplingParams(
             n=n, temperature=params.temperature, top_p=params.top_p,
             top_k=params.top_k if params.top_k > 0 else -1, max_tokens=params.max_new_tokens,
@@ -157,7 +158,12 @@ class VLLMBackend:
         prompts = check_prompts(prompts, n)
         prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         requests = [{"prompt_token_ids": ids} for ids in prompt_ids]
-        outputs = self.llm.generate(requests, self._sampling_params(n, params), use_tqdm=False)
+        check_seeds(prompts, params)
+        # per-prompt seeds (online algorithms): one request's own seed each, so a prompt's samples do not
+        # depend on the other prompts of the call or on how a round was shared out over processes
+        sampling = (self._sampling_params(n, params) if params.seeds is None
+                    else [self._sampling_params(n, params, s) for s in params.seeds])
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
         rows: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "completion_logps": [], "texts": [],
                                  "truncated": []}
         for ids, request in zip(prompt_ids, outputs):

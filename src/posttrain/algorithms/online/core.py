@@ -1,8 +1,10 @@
 """The online-RL core under GRPO, PPO and every algorithm that learns from its own samples.
 
 One ROUND: this process takes `prompts_per_round()` prompts (a seeded permutation of the data, as
-every algorithm's `StepSampler`: round r's prompts are a function of (seed, r, rank) alone), samples
-`samples_per_prompt` completions of each from the rollout backend (seed = `round_seed(r)`), scores
+every algorithm's `StepSampler`: round r's prompts are a function of (seed, r, rank) alone; 2 processes
+take the two halves of what 1 process takes), samples `samples_per_prompt` completions of each from the
+rollout backend, each prompt with its own seed `derive_seed(seed, r, p)` of its GLOBAL position p in the
+round (`prompt_seeds`), so a completion is the same whatever the number of processes, and scores
 them with the configured rewards (`rewards.from_config`), and turns them into the round's
 micro-batches (`collect`, the algorithm's own). A round feeds one or more optimizer steps
 (`round_of(step)`); the round (batches and metrics) is in the checkpoint, so a resume in the middle of
@@ -84,17 +86,28 @@ class OnlineAlgorithm(Algorithm):
 
     # ----------------------------------------------------------------- sampling and scoring
     def round_seed(self, rnd: int) -> int:
-        """The sampling seed of round `rnd` on this process (round -1: evaluation)."""
+        """The sampling seed of round `rnd` on this process (round -1: evaluation), for a backend that
+        ignores per-prompt seeds (`prompt_seeds` decide what hf and vllm sample)."""
         return ((self.cfg.seed * 1_000_003 + rnd) * 1_009 + self.engine.rank) % (2 ** 62)
 
-    def sampling(self, rnd: int, temperature: float | None = None, attempt: int = 0):
-        """How round `rnd` samples; `attempt` > 0: a further generation of the round (another seed)."""
+    def prompt_seeds(self, rnd: int, keys: list[int], *extra: int) -> tuple[int, ...]:
+        """One sampling seed per prompt of round `rnd`, `derive_seed(seed, rnd, *extra, key)`: `keys` are the
+        prompts' global positions in the round (the same on any number of processes); prompts that are not
+        the round's own (a further generation of dynamic sampling, drawn per process) pass their places in
+        the call as keys and (attempt, rank) as `extra`."""
+        from posttrain.rollout.base import derive_seed
+
+        return tuple(derive_seed(self.cfg.seed, rnd, *extra, k) for k in keys)
+
+    def sampling(self, rnd: int, temperature: float | None = None, attempt: int = 0, seeds=None):
+        """How round `rnd` samples; `attempt` > 0: a further generation of the round (another seed);
+        `seeds`: one per prompt (`prompt_seeds`)."""
         from posttrain.rollout import SamplingParams
 
         c = self.cfg
         return SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature if temperature is None
                               else temperature, top_p=c.top_p, top_k=c.top_k, stop=tuple(c.stop or ()),
-                              seed=(self.round_seed(rnd) + 7_919 * attempt) % (2 ** 62))
+                              seed=(self.round_seed(rnd) + 7_919 * attempt) % (2 ** 62), seeds=seeds)
 
     def sync_policy(self) -> None:
         """Make the backend sample from the current weights (a no-op for hf: it samples the policy itself)."""
@@ -103,10 +116,14 @@ class OnlineAlgorithm(Algorithm):
     def generate(self, rnd: int, idx: list[int] | None = None, attempt: int = 0):
         """`(prompt indices, Rollouts)` of round `rnd`: `samples_per_prompt` completions of each prompt
         `idx` (default: the round's own prompts), weights synced first."""
-        idx = self.sampler.micro_indices(rnd)[0] if idx is None else idx
+        own = self.sampler.micro_indices(rnd)[0]
+        if idx is None or (attempt == 0 and list(idx) == own):
+            idx, seeds = own, self.prompt_seeds(rnd, self.sampler.positions(rnd)[0])
+        else:
+            seeds = self.prompt_seeds(rnd, list(range(len(idx))), attempt, self.engine.rank)
         self.sync_policy()
         return idx, self.backend.generate([self.prompts.texts[i] for i in idx], self.samples_per_prompt,
-                                          self.sampling(rnd, attempt=attempt))
+                                          self.sampling(rnd, attempt=attempt, seeds=seeds))
 
     def score(self, prompts, idx: list[int], rollouts):
         """`RewardOutput` of `rollouts` (`rollouts.n` completions of each prompt `idx` of `prompts`): the
@@ -157,6 +174,6 @@ class OnlineAlgorithm(Algorithm):
         mine = list(range(eng.rank, len(self.eval_prompts), eng.world))
         if not mine:
             return summarise(None, None, self.reward.names)
-        rollouts = self.backend.generate([self.eval_prompts.texts[i] for i in mine], 1,
-                                         self.sampling(-1, self.cfg.eval_temperature))
+        params = self.sampling(-1, self.cfg.eval_temperature, seeds=self.prompt_seeds(-1, mine))
+        rollouts = self.backend.generate([self.eval_prompts.texts[i] for i in mine], 1, params)
         return summarise(self.score(self.eval_prompts, mine, rollouts), rollouts, self.reward.names)

@@ -15,6 +15,8 @@ seed's run in `OUT/<name>/seed-<s>/` (`runner`). `all` runs every one and writes
 | `reasoning`         | does RL on verifiable rewards lift arithmetic; does the chain of thought grow? (002) |
 | `sft_vs_dft`        | does DFT (each token's loss scaled by its probability) generalise better? (003)    |
 | `judges`            | how gold-aligned, position-biased and injectable is an LLM judge (seed 002)?       |
+| `rlaif`             | does DPO on judge-labelled pairs match DPO on rater-labelled pairs, by gold? (002) |
+| `reward_model`      | RM scores by review style; accuracy vs comparisons; pairs vs K-wise rankings (001) |
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ EXPERIMENTS = {
     "reasoning": "posttrain.lab.experiments.reasoning",
     "sft_vs_dft": "posttrain.lab.experiments.sft_vs_dft",
     "judges": "posttrain.lab.experiments.judges",
+    "rlaif": "posttrain.lab.experiments.rlaif",
+    "reward_model": "posttrain.lab.experiments.reward_model",
 }
 
 

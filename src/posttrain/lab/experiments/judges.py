@@ -9,8 +9,8 @@ Measured per judge (a run's seed trains the SFT judge and draws which review sit
 single order, the review texts and the fence's tag; SmolLM2 is measured in seed 0's run only): agreement with
 gold (pairs of unequal gold) and with the simulated rater's label; the first-position win rate (0.5 = no position bias); with the swap, the share of
 decisive pairs (position consistency) and agreement counting a tie as half; the share of (review, attempt)
-pairs where the injection raised P(Yes), without and with the fence. This is the judge half of issue 14's
-`rlaif` experiment: DPO on judge-labelled vs rater-labelled pairs is not run here. Sizes: the lab judge reads
+pairs where the injection raised P(Yes), without and with the fence. DPO on judge-labelled vs rater-labelled
+pairs is the `rlaif` experiment (which reuses `pairwise_verdicts`). Sizes: the lab judge reads
 200 pairs and the reviews of 40 buggy snippets (80 reviews x 24 attempts); SmolLM2 (135M parameters on one CPU
 thread) 40 pairs and 3 snippets (6 reviews x 24 attempts).
 """
@@ -46,6 +46,15 @@ def _text(messages) -> str:
 
 
 def pairwise(backend, rows: list[dict], seed: int) -> dict:
+    """Agreement and position statistics of a judge on `rows` (`pairwise_verdicts`)."""
+    return pairwise_verdicts(backend, rows, seed)[0]
+
+
+def pairwise_verdicts(backend, rows: list[dict], seed: int) -> tuple[dict, list, list]:
+    """Each preference row's pair asked in both orders, x = the rater's chosen review: the statistics (agreement
+    with gold on pairs of unequal gold and with the rater, one order and both, first-position win rate, position
+    consistency), the verdicts (`judge_pairwise.Verdict`, None when unanswered) and the single-order answers
+    (True: the order drawn for the row picked the rater's chosen review; None when unanswered)."""
     from posttrain.rewards.judge_pairwise import PairwiseJudge
     from posttrain.rewards.judge_text import Fence
 
@@ -68,12 +77,16 @@ def pairwise(backend, rows: list[dict], seed: int) -> dict:
         return mean(xs)
 
     s = j.summary()
+    return _stats(rate, single, first_wins, swapped, s, sum(unequal)), v, single
+
+
+def _stats(rate, single, first_wins, swapped, s: dict, gold_pairs: int) -> dict:
     return {"single/gold_agreement": rate(single, True), "single/rater_agreement": rate(single, False),
             "single/first_position_win_rate": mean([float(x) for x in first_wins if x is not None]),
             "swap/gold_agreement": rate(swapped, True), "swap/rater_agreement": rate(swapped, False),
             "swap/position_consistency": s["position_consistency"],
             "swap/first_position_win_rate": s["first_position_win_rate"], "unanswered": s["none"],
-            "gold_pairs": sum(unequal)}
+            "gold_pairs": gold_pairs}
 
 
 def injections(backend, rows: list[dict], seed: int) -> dict:

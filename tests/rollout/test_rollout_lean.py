@@ -1,0 +1,136 @@
+"""The lean decode path (`rollout.lean`): the tokens transformers' own generate gives, the log-probs a fresh
+forward gives, and the fallback for what it does not know."""
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from posttrain.rollout import SamplingParams
+from posttrain.rollout.hf import HFBackend
+from posttrain.rollout.lean import lean_supported
+
+
+def load(model_dir):
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny):
+    tok = tiny[1]
+    chat = [{"role": "user", "content": "What is 12 + 30?"}]
+    return [tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True), "the code",
+            "review this line: for x in range(10): print(x)"]  # three lengths: left padding in every chunk
+
+
+def reference_greedy(model, tok, prompt, max_new):
+    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+    return out[:out.index(tok.eos_token_id) + 1] if tok.eos_token_id in out else out
+
+
+def fresh_logps(model, prompt_ids, completion_ids, temperature=1.0):
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1:-1].float()
+    return torch.log_softmax(logits / temperature, -1).gather(1, torch.tensor(completion_ids)[:, None]).squeeze(1)
+
+
+def test_the_tiny_llama_takes_the_lean_path(tiny):
+    model, tok = tiny
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA is exercised
+    assert lean_supported(model) and HFBackend(model, tok).lean
+    assert not HFBackend(model, tok, lean=False).lean and not HFBackend(model, tok, use_cache=False).lean
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_greedy_tokens_equal_transformers_generate(tiny, prompts, onednn, monkeypatch):
+    import posttrain.rollout.lean as lean
+
+    if not onednn:
+        monkeypatch.setattr(lean, "onednn_usable", lambda w: False)
+    model, tok = tiny
+    out = HFBackend(model, tok, batch_size=4).generate(prompts, 2, SamplingParams(max_new_tokens=16, temperature=0))
+    for i, p in enumerate(prompts):
+        ref = reference_greedy(model, tok, p, 16)
+        assert out.completion_ids[2 * i] == out.completion_ids[2 * i + 1] == ref, i
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampled_logps_equal_a_fresh_forward(tiny_model_dir, prompts, temperature):
+    model, tok = load(tiny_model_dir)
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)  # bias: the head's
+    head.weight.data.copy_(model.lm_head.weight.data)                                         # bias is handled
+    head.bias.data.zero_()
+    head.bias.data[tok.eos_token_id] = 4.6 * temperature   # EOS ~1 in 6: rows finish at different steps
+    model.lm_head = head
+    backend = HFBackend(model, tok, batch_size=6)
+    assert backend.lean
+    out = backend.generate(prompts, 3, SamplingParams(max_new_tokens=12, temperature=temperature, seed=3))
+    assert len({len(ids) for ids in out.completion_ids}) > 1   # finished rows were dropped mid-way
+    for r in range(len(out)):
+        ref = fresh_logps(model, out.prompt_ids[r], out.completion_ids[r], temperature)
+        torch.testing.assert_close(torch.tensor(out.completion_logps[r]), ref, atol=1e-5, rtol=0)
+
+
+def test_lean_and_transformers_paths_sample_the_same_rows(tiny, prompts):
+    """Same RNG use row by row: with a seed, both paths draw the same samples (logits agree to ~1e-6)."""
+    model, tok = tiny
+    params = SamplingParams(max_new_tokens=10, seed=11)
+    lean = HFBackend(model, tok, batch_size=6).generate(prompts, 2, params)
+    plain = HFBackend(model, tok, batch_size=6, lean=False).generate(prompts, 2, params)
+    assert lean.completion_ids == plain.completion_ids
+    for a, b in zip(lean.completion_logps, plain.completion_logps):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=0)
+
+
+def test_weights_changed_between_calls_are_used(tiny_model_dir, prompts):
+    model, tok = load(tiny_model_dir)
+    backend = HFBackend(model, tok)
+    params = SamplingParams(max_new_tokens=5, seed=0)
+    before = backend.generate(prompts[:1], 2, params)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.mul_(3.0)   # an "optimizer step"
+    after = backend.generate(prompts[:1], 2, params)
+    assert after.completion_logps != before.completion_logps
+    for r in range(2):
+        ref = fresh_logps(model, after.prompt_ids[r], after.completion_ids[r])
+        torch.testing.assert_close(torch.tensor(after.completion_logps[r]), ref, atol=1e-5, rtol=0)
+
+
+def test_qwen2_biases_decode_lean_and_match_generate(tiny):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok = tiny[1]
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, eos_token_id=tok.eos_token_id,
+                                         pad_token_id=tok.pad_token_id))
+    for layer in model.model.layers:   # q/k/v biases away from zero, so using them matters
+        torch.nn.init.normal_(layer.self_attn.q_proj.bias, std=0.5)
+        torch.nn.init.normal_(layer.self_attn.k_proj.bias, std=0.5)
+    backend = HFBackend(model, tok)
+    assert backend.lean
+    out = backend.generate(["the code", "What is 1 + 2?"], 1, SamplingParams(max_new_tokens=8, temperature=0))
+    assert out.completion_ids == [reference_greedy(model, tok, p, 8) for p in ["the code", "What is 1 + 2?"]]
+
+
+def test_unknown_architectures_and_wrapped_layers_fall_back(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    qwen3 = Qwen3ForCausalLM(Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, head_dim=16))
+    assert not lean_supported(qwen3)   # q/k norms: not the Llama layer
+    model, _ = load(tiny_model_dir)
+    assert not lean_supported(get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).get_base_model())
+    model, _ = load(tiny_model_dir)
+    model.config.sliding_window = 4
+    assert not lean_supported(model)
+    model, _ = load(tiny_model_dir)
+    model.lm_head.weight.ds_id = 0   # a DeepSpeed ZeRO-3 partition: only the module's forward gathers it
+    assert not lean_supported(model)
