@@ -203,20 +203,22 @@ def steps_per_round(run_dir: str) -> int:
 
 
 def evaluate(ctx: Context, path: str, *, init: str | None = None, reward_fn=None,
-             tasks: tuple[str, ...] = ("review",), sampled: bool = False) -> dict:
+             tasks: tuple[str, ...] = ("review",), sampled: bool = False, sizes: EvalSizes | None = None) -> dict:
     """Gold metrics of model folder `path` on the held-out prompts of `tasks` (greedy), `kl_to_init` when `init`
     is given, `review/rm_reward` when `reward_fn` is (`lab.evaluate.evaluate_policy`); with `sampled`, also the
     review metrics of one completion per held-out review prompt sampled at T = 1 (`sampled/review/...`): a
-    greedy policy flips to one answer at a tiny KL, the distribution it samples from moves gradually."""
+    greedy policy flips to one answer at a tiny KL, the distribution it samples from moves gradually. `sizes`:
+    the experiment's own sizes instead of `ctx.sizes`."""
     from posttrain.lab.evaluate import evaluate_policy, generate, load_policy, rows_of
     from posttrain.lab.gold import review_metrics
 
     t0 = time.perf_counter()
-    m = evaluate_policy(path, base=None, init=init, sizes=ctx.sizes, reward_model=reward_fn, tasks=tasks)
+    sizes = sizes or ctx.sizes
+    m = evaluate_policy(path, base=None, init=init, sizes=sizes, reward_model=reward_fn, tasks=tasks)
     if sampled:
         model, tok = load_policy(path)
-        rows = rows_of("builtin:review_eval", ctx.sizes.review)
-        texts = generate(model, tok, rows, ctx.sizes, temperature=1.0).texts
+        rows = rows_of("builtin:review_eval", sizes.review)
+        texts = generate(model, tok, rows, sizes, temperature=1.0).texts
         m.update({f"sampled/review/{k}": v for k, v in review_metrics(rows, texts).items()})
     ctx.log(f"evaluated {os.path.relpath(path, ctx.root)} in {time.perf_counter() - t0:.1f} s")
     return m

@@ -9,8 +9,8 @@ Measured per judge (a run's seed trains the SFT judge and draws which review sit
 single order, the review texts and the fence's tag; SmolLM2 is measured in seed 0's run only): agreement with
 gold (pairs of unequal gold) and with the simulated rater's label; the first-position win rate (0.5 = no position bias); with the swap, the share of
 decisive pairs (position consistency) and agreement counting a tie as half; the share of (review, attempt)
-pairs where the injection raised P(Yes), without and with the fence. This is the judge half of issue 14's
-`rlaif` experiment: DPO on judge-labelled vs rater-labelled pairs is not run here. Sizes: the lab judge reads
+pairs where the injection raised P(Yes), without and with the fence. DPO on judge-labelled vs rater-labelled
+pairs is the `rlaif` experiment (which reuses `pairwise_verdicts`). Sizes: the lab judge reads
 200 pairs and the reviews of 40 buggy snippets (80 reviews x 24 attempts); SmolLM2 (135M parameters on one CPU
 thread) 40 pairs and 3 snippets (6 reviews x 24 attempts).
 """

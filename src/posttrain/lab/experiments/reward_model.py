@@ -9,14 +9,15 @@ Every reward model starts from the lab's SFT model with the demo's settings (lr 
 max(120, one epoch) steps: 120 (the demo's) up to 1920 pairs, one epoch beyond. Rater effort is the number of
 reviews a rater reads: a pair costs 2, a ranking of K costs K, so E reviews buy E / 2 pairs or E / K rankings.
 A ranking also yields K(K-1)/2 implied pairs (all trained on, each weighted 2 / (K(K-1)) so a ranking counts
-as one example) and costs about log2(K!) comparisons to sort; both are reported beside. Ranking batches hold
-round(32 / K) rankings, about the 32 reviews of 16 pairs. K > 4 repeats styles (the world has 4: honest,
-vague, sycophantic, false alarm) with fresh texts. Measured per reward model: held-out accuracy against gold and against the
-rater (the label it learns), expected calibration error of sigma(r_chosen - r_rejected) against the rater's
-labels, and the correlation of reward with length (`diagnostics/preference_eval.py`, the trainer's
-`eval.json`). Scores: the reward model trained on all pairs scores the honest, vague, sycophantic and
-false-alarm review of each held-out buggy snippet; each score is shown sigma-scaled as sigma(r - m), m the
-mean score of that snippet's four reviews: the Bradley-Terry probability that the review beats an average
+as one example) and costs about log2(K!) comparisons to sort; both are reported beside. The trainer encodes
+each implied pair's two reviews (a ranking of K costs K(K-1) sequences), so a ranking step holds
+round(16 / (K(K-1)/2)) rankings (at least one): about the 16 pairs of a pair step (K = 4: 3, K = 6 and 9:
+1). K > 4 repeats styles (the world has 4: honest, vague, sycophantic, false alarm) with fresh texts.
+Measured per reward model: held-out accuracy against gold and against the rater (the label it learns),
+expected calibration error of sigma(r_chosen - r_rejected) against the rater's labels, and the correlation of
+reward with length (`diagnostics/preference_eval.py`, the trainer's `eval.json`). Scores: the reward model
+trained on all pairs scores the honest, vague, sycophantic and false-alarm review of each held-out buggy
+snippet; each score is shown sigma-scaled as sigma(r - m), m the mean score of that snippet's four reviews: the Bradley-Terry probability that the review beats an average
 review of the same code (seed 001 quotes honest 0.94, sycophantic 0.24).
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from posttrain.lab.experiments.common import (
     Context, change, fmt, fmt_change, load_rm, md_table, mean, pyplot, rate_se, save_figure, sft_model, std_error,
     train)
 
-SIZES = {"full": {"curve": [100, 300, 500, 1000, 4000], "effort": 1000, "ks": [4, 6, 9], "snippets": 186},
+SIZES = {"full": {"curve": [100, 300, 1000, 4000], "effort": 600, "ks": [4, 6, 9], "snippets": 186},
          "quick": {"curve": [8, 16], "effort": 16, "ks": [5], "snippets": 3}}
 STYLE_ORDER = ("honest", "vague", "sycophantic", "false_alarm")
 
@@ -132,10 +133,11 @@ def run(ctx: Context) -> dict:
     ranked = []
     for k in size["ks"]:
         n = max(1, size["effort"] // k)
-        batch = max(1, round(32 / k))
+        batch = max(1, round(16 / (k * (k - 1) / 2)))      # about the 16 pairs (32 sequences) of a pair step
         path = write_rows(ctx, f"rank-{k}x{n}.jsonl", rankings(n, k))
         final = train(ctx, f"rm_rank_{k}", "rm", sft, {"data.train": path, **rm_settings(n, batch)})
-        ranked.append(measure(ctx, final, {"k": k, "rankings": n, "effort": k * n, "implied_pairs": n * k * (k - 1) // 2,
+        ranked.append(measure(ctx, final, {"k": k, "rankings": n, "effort": k * n,
+                                           "implied_pairs": n * k * (k - 1) // 2,
                                            "sort_comparisons": n * math.ceil(math.log2(math.factorial(k)))}))
     scores = style_scores(load_rm(curve[-1]["model"]), size["snippets"])
     results = {"sizes": size, "sft": sft, "curve": curve, "rankings": ranked, "scores": scores}

@@ -13,22 +13,25 @@ specific? Answer A or B" in both orders (`judges.PAIR_TEMPLATE`, `rewards/judge_
 stronger judge: the lab's reward model (demo settings) trained on M OTHER rater-labelled pairs (builtin:pref
 rows N..N+M, none of the DPO pairs) labels each pair by its higher score; it reads each review alone, so it
 has no position and needs no swap. It is AI feedback distilled from fewer human labels, not a prompted LLM:
-the lab's ~1M-parameter models cannot follow a judging instruction. `smollm2`: SmolLM2-135M-Instruct
-(builtin:smollm2; seed 0 of full runs only, the first N_S pairs: ~0.5 s a question on one CPU thread).
-Each label set is scored against gold and against the rater on the pairs it labelled; the prompted judges'
-position statistics (one order vs both) come from the same questions, the lab judge's injection rates from
-the `judges` experiment's own measurement (`judges.injections`). A label set with fewer than `min_pairs`
-pairs trains no policy. DPO: the demo's stage (80 steps of 16 pairs, beta 0.1, lr 5e-5) on each label set.
+the lab's ~1M-parameter models cannot follow a judging instruction. SmolLM2-135M-Instruct is not a labeller
+here: in `judges` it decided 0 of 40 pairs in both orders (it answers "A"), so it would label no pair, and at
+~0.5 s a question on one CPU thread it costs most of a run. Each label set is scored against gold and against
+the rater on the pairs it labelled; the lab judge's position statistics (one order vs both) come from the same
+questions (`judges.pairwise_verdicts`); its injection rates are the `judges` experiment's (same judge, same
+seeds; not recomputed). A label set with fewer than `min_pairs` pairs trains no policy. DPO: the demo's stage
+(80 steps of 16 pairs, beta 0.1, lr 5e-5) on each label set; gold on the first 200 held-out review snippets.
 """
 from __future__ import annotations
 
+from posttrain.lab.evaluate import EvalSizes
 from posttrain.lab.experiments import judges as judge_exp
 from posttrain.lab.experiments.common import (
     Context, change, compare, evaluate, fmt_change, load_rm, md_table, mean, metric_se, pyplot, rate_se,
     reward_model, save_figure, sft_model, train)
 
-SIZES = {"full": {"pairs": 1280, "rm_pairs": 400, "reviews": 40, "smollm2_pairs": 96, "min_pairs": 32},
-         "quick": {"pairs": 24, "rm_pairs": 24, "reviews": 2, "smollm2_pairs": 0, "min_pairs": 1}}
+SIZES = {"full": {"pairs": 1280, "rm_pairs": 400, "min_pairs": 32},
+         "quick": {"pairs": 24, "rm_pairs": 24, "min_pairs": 1}}
+EVAL_FULL = EvalSizes(review=200, kl_prompts=64)          # 200 held-out snippets (~90 buggy), greedy and sampled
 METRICS = {"honest": "review/honest_rate", "honest_sampled": "sampled/review/honest_rate",
            "sycophancy_sampled": "sampled/review/sycophancy_rate",
            "false_alarm_sampled": "sampled/review/false_alarm_rate"}
@@ -61,29 +64,18 @@ def write_rows(ctx: Context, name: str, rows: list[dict]) -> str:
     return write_jsonl(ctx.path("labels", name), rows)
 
 
-def prompted_judges(ctx: Context, rows: list[dict], size: dict, labels: dict) -> dict:
-    """The LLM judges (`judges.judges`) on the training pairs; adds their label sets to `labels`."""
-    from posttrain.lab.evaluate import rows_of
+def lab_judge(ctx: Context, sft: str, rows: list[dict], labels: dict) -> dict:
+    """The SFT model as a pairwise judge of the training pairs; adds its label sets (both orders, one order,
+    and the rater's labels of the pairs it decided) to `labels`."""
     from posttrain.rewards.judge_local import LocalBackend
 
-    out = {}
-    for name, spec in judge_exp.judges(ctx).items():
-        n = len(rows) if name == "lab_sft" else min(len(rows), size["smollm2_pairs"])
-        backend = LocalBackend.from_pretrained(spec["model"], gguf_file=spec.get("gguf_file"), device="cpu",
-                                               chat=True, batch_size=16, max_length=1024)
-        stats, verdicts, single = judge_exp.pairwise_verdicts(backend, rows[:n], ctx.seed)
-        pad = [None] * (len(rows) - n)
-        swap = [None if v is None or v.winner == "tie" else v.winner == "x" for v in verdicts] + pad
-        labels[name] = swap
-        if name == "lab_sft":
-            labels["lab_sft_one_order"] = list(single) + pad
-        labels[f"rater_on_{name}"] = [None if p is None else True for p in swap]
-        out[name] = {"model": spec["model"], "pairs_asked": n, "pairwise": stats}
-        if name == "lab_sft":
-            reviews = [r for r in rows_of("builtin:review_eval", 4 * size["reviews"]) if r["buggy"]][:size["reviews"]]
-            out[name]["injection"] = judge_exp.injections(backend, reviews, ctx.seed)
-        ctx.log(f"judge {name}: {stats['swap/position_consistency']:.3f} of {n} pairs decided in both orders")
-    return out
+    backend = LocalBackend.from_pretrained(sft, device="cpu", chat=True, batch_size=16, max_length=1024)
+    stats, verdicts, single = judge_exp.pairwise_verdicts(backend, rows, ctx.seed)
+    swap = [None if v is None or v.winner == "tie" else v.winner == "x" for v in verdicts]
+    labels.update({"lab_sft": swap, "lab_sft_one_order": list(single),
+                   "rater_on_lab_sft": [None if p is None else True for p in swap]})
+    ctx.log(f"judge lab_sft: {stats['swap/position_consistency']:.3f} of {len(rows)} pairs decided in both orders")
+    return {"model": sft, "pairs_asked": len(rows), "pairwise": stats}
 
 
 def rm_judge(ctx: Context, sft: str, rows: list[dict], rm_rows: list[dict], labels: dict) -> dict:
@@ -109,10 +101,10 @@ def run(ctx: Context) -> dict:
     rows = rows_of("builtin:pref", size["pairs"] + size["rm_pairs"])
     train_rows, rm_rows = rows[:size["pairs"]], rows[size["pairs"]:]
     labels: dict[str, list] = {"rater": [True] * len(train_rows)}
-    judged = prompted_judges(ctx, train_rows, size, labels)
-    judged["rm_judge"] = rm_judge(ctx, sft, train_rows, rm_rows, labels)
+    judged = {"lab_sft": lab_judge(ctx, sft, train_rows, labels),
+              "rm_judge": rm_judge(ctx, sft, train_rows, rm_rows, labels)}
     arms = {name: train_arm(ctx, sft, name, train_rows, picks, size["min_pairs"]) for name, picks in labels.items()}
-    sft_metrics = evaluate(ctx, sft, sampled=True)
+    sft_metrics = evaluate(ctx, sft, sampled=True, sizes=eval_sizes(ctx))
     results = {"sizes": size, "sft": sft, "sft_metrics": sft_metrics, "judges": judged, "arms": arms,
                "verdict": verdict(sft_metrics, arms)}
     results["plots"] = [plot(ctx, results)]
@@ -127,7 +119,12 @@ def train_arm(ctx: Context, sft: str, name: str, rows: list[dict], picks: list, 
         return {"labels": stats, "policy": None, "held_out": None}
     path = write_rows(ctx, f"{name}.jsonl", relabel(rows, picks))
     policy = train(ctx, f"dpo_{name}", "dpo", sft, {"data.train": path})
-    return {"labels": stats, "data": path, "policy": policy, "held_out": evaluate(ctx, policy, init=sft, sampled=True)}
+    return {"labels": stats, "data": path, "policy": policy,
+            "held_out": evaluate(ctx, policy, init=sft, sampled=True, sizes=eval_sizes(ctx))}
+
+
+def eval_sizes(ctx: Context) -> EvalSizes:
+    return ctx.sizes if ctx.quick else EVAL_FULL
 
 
 def verdict(sft: dict, arms: dict) -> dict:
@@ -187,17 +184,12 @@ def report(results: dict) -> str:
         labs.append([name, f"{lab['kept']} / {lab['asked']}", lab["rater_agreement"], lab["gold_agreement"],
                      lab["rater_gold_agreement_same_pairs"]])
     pos = [["judge", "gold agr., one order", "first-position win rate, one order", "gold agr., both orders (tie ½)",
-            "position consistency", "injection raised P(Yes), no fence / fence", "neutral text (control)"]]
+            "position consistency"]]
     for name, j in judged.items():
-        p, inj = j.get("pairwise"), j.get("injection")
-        if p is None:
-            pos.append([name, "n/a (scores each review alone)", "n/a", "n/a", "1 (no position)", "n/a", "n/a"])
-            continue
-        raised = "n/a" if inj is None else " / ".join(fmt(inj[c]["raised"]) for c in ("undefended", "defended"))
-        ctl = "n/a" if inj is None else " / ".join(fmt(inj[c].get("control", {}).get("raised"))
-                                                   for c in ("undefended", "defended"))
-        pos.append([name, p["single/gold_agreement"], p["single/first_position_win_rate"], p["swap/gold_agreement"],
-                    p["swap/position_consistency"], raised, ctl])
+        p = j.get("pairwise")
+        pos.append([name, "n/a (scores each review alone)", "n/a", "n/a", "1 (no position)"] if p is None else
+                   [name, p["single/gold_agreement"], p["single/first_position_win_rate"], p["swap/gold_agreement"],
+                    p["swap/position_consistency"]])
     pol = [["policy", "DPO pairs", "honest", "honest, sampled", "sycophancy", "sycophancy, sampled", "false alarm",
             "false alarm, sampled", "gold", "KL to SFT", "honest sampled vs rater"]]
     s = results["sft_metrics"]
@@ -218,7 +210,8 @@ def report(results: dict) -> str:
         f"The reward-model judge (trained on {judged['rm_judge']['trained_on_pairs']} other rater-labelled pairs) on "
         f"held-out pairs: gold accuracy {fmt(rmj['rm/gold_accuracy'])}, honest > sycophantic "
         f"{fmt(rmj['rm/honest_vs_sycophantic'])}.",
-        "## Judges: position bias and injections\n\n" + md_table(pos),
+        "## Judges: position bias (on the training pairs)\n\n" + md_table(pos)
+        + "\n\nInjection rates of the lab judge: `posttrain lab experiment judges` (docs/EXPERIMENTS.md section 9).",
         f"## Policies\n\nGold on {s['review/n']} held-out snippets ({s['review/n_buggy']} buggy), greedy and one "
         "sample at T = 1 each.\n\n" + md_table(pol),
         "## Verdict (b - a ± 2 SE; `*` beyond)\n\n" + "\n".join(verdict), "![rlaif](plots/rlaif.png)"])
