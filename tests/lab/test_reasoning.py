@@ -134,3 +134,22 @@ def test_all_writes_one_report_over_experiments_run_with_two_seeds(tiny_model_di
     assert page.count("data:image/png;base64,") >= 2 and "[missing plot" not in page
     assert json.loads((out / "results.json").read_text())["experiments"]["sft_vs_dft"]["seeds"] == [0, 1]
     assert str(out / "report.html") in capsys.readouterr().out
+
+
+def test_real_arm_runs_once_per_out_and_is_reused_from_its_cache(tmp_path, monkeypatch):
+    from posttrain.lab.experiments import reasoning
+    from posttrain.lab.experiments.common import Context
+
+    ctx = Context(str(tmp_path), "reasoning", False, "unused", seed=0, seed_dir=True, options={"real": True})
+    cached = {"status": "ran", "before": {"L1": {"greedy": 0.1}}, "after": {"L1": {"greedy": 0.2}}, "rounds": []}
+    (tmp_path / "reasoning").mkdir()
+    (tmp_path / "reasoning" / "real-full.json").write_text(json.dumps(cached))
+
+    def no_model(name):
+        raise AssertionError("the cached real arm must not load SmolLM2")
+
+    monkeypatch.setattr("posttrain.lab.builtin.resolve_model", no_model)
+    assert reasoning.real_arm(ctx) == cached
+    monkeypatch.setattr(ctx, "fresh", True)                 # --fresh: runs it again (here: tries to load the model)
+    with pytest.raises(AssertionError, match="must not load"):
+        reasoning.real_arm(ctx)

@@ -71,18 +71,23 @@ def grpo(ctx: Context, name: str, init: str, settings: dict | None = None) -> st
 
 
 def evaluate_math(ctx: Context, path: str, template: str = PLAIN, *, chat: bool = False,
-                  gguf_file: str | None = None) -> dict:
+                  gguf_file: str | None = None, sizes: dict | None = None) -> dict:
     """`lab.math_eval` of model folder `path` on levels 1, 2, 3 (sizes `EVAL[ctx.mode]`), prompts in
     `template` (or the model's chat template when `chat`); adds `pooled` greedy accuracy of levels 1-2.
-    `gguf_file`: load that GGUF file inside the folder `path` (a real model shipped as GGUF)."""
+    `gguf_file`: load that GGUF file inside the folder `path` (a real model shipped as GGUF); `sizes`: instead of
+    `EVAL[ctx.mode]` (not with --quick)."""
     from posttrain.lab.evaluate import load_policy
 
-    e = EVAL[ctx.mode]
+    e = EVAL["quick"] if ctx.quick else (sizes or EVAL["full"])
     if gguf_file:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from types import SimpleNamespace
 
-        model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file).float().eval()
-        tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+        from posttrain.core.models import load_model
+
+        cfg = SimpleNamespace(model=path, gguf_file=gguf_file, tokenizer=None, torch_dtype="float32",
+                              trust_remote_code=False, attn_implementation=None, gradient_checkpointing=False)
+        model, tok = load_model(cfg)   # de-quantised float weights (the trainer loads it the same way)
+        model.eval()
     else:
         model, tok = load_policy(path)
     m = math_eval(model, tok, rows_by_level(e["n"]), template=template, k=e["k"], max_new_tokens=e["max_new_tokens"],
