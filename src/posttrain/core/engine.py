@@ -28,8 +28,7 @@ from posttrain.core import checkpoint as ckpt
 from posttrain.core import checkpoint_integrity as integrity
 from posttrain.core.distributed import all_reduce
 from posttrain.core.divergence import abs_max, divergence_problems
-from posttrain.core.fast_norm import lean_rms_norms
-from posttrain.core.fast_rotary import lean_rotary
+from posttrain.core.speedups import speed_up
 from posttrain.core.metrics_log import MetricsLogger, read_metrics
 from posttrain.core.mixed_precision import LossScale, fp16_note, mixed_precision_name
 from posttrain.core.models import save_final
@@ -82,7 +81,7 @@ class Engine:
 
             model, tokenizer = load_model(cfg)
         self.model, self.tokenizer = model.to(self.accelerator.device), tokenizer
-        lean_rms_norms(self.model), lean_rotary(self.model)  # same forward, shorter backward (core/fast_*.py)
+        speed_up(self.model)  # leaner backwards, the same forward (core/speedups.py)
         self.device = self.accelerator.device
         self.step, self.skipped, self.consecutive_skips, self._stop, self._agreed_signum = 0, 0, 0, None, 0
         self.last_loss, self.init_abs_max = None, None
