@@ -42,18 +42,25 @@ def rm_settings(n_examples: int, batch: int = 16) -> dict:
             "data.eval": "builtin:pref_eval"}
 
 
-def rankings(n: int, k: int, seed: int = 0) -> list[dict]:
-    """`n` rankings of `k` distinct reviews of the world's training snippets, ranked by the unbiased rater of
-    builtin:pref (`SimulatedRater.ranking_row`): every style once, then styles drawn at random."""
+def world_reviews(split: str) -> list:
+    """The built-in world's review tasks of `split` (`train`, `eval`: the snippets of builtin:review_eval), with
+    the planted change (`bug_bad`, `bug_good`) that exported rows do not carry, so an honest review quotes it."""
     from posttrain.lab.builtin import DATA_SEED
-    from posttrain.lab.export import DEFAULT_RATER_TEMPERATURE
-    from posttrain.lab.raters import SimulatedRater
     from posttrain.lab.review import review_splits
-    from posttrain.lab.review_styles import STYLES, review_response
     from posttrain.lab.world import WorldSizes
 
     s = WorldSizes()
-    tasks = review_splits(DATA_SEED, s.review_train, s.review_eval, s.p_buggy)["train"]
+    return review_splits(DATA_SEED, s.review_train, s.review_eval, s.p_buggy)[split]
+
+
+def rankings(n: int, k: int, seed: int = 0) -> list[dict]:
+    """`n` rankings of `k` distinct reviews of the world's training snippets, ranked by the unbiased rater of
+    builtin:pref (`SimulatedRater.ranking_row`): every style once, then styles drawn at random."""
+    from posttrain.lab.export import DEFAULT_RATER_TEMPERATURE
+    from posttrain.lab.raters import SimulatedRater
+    from posttrain.lab.review_styles import STYLES, review_response
+
+    tasks = world_reviews("train")
     rater = SimulatedRater(temperature=DEFAULT_RATER_TEMPERATURE, seed=seed)
     rng = random.Random(f"rankings-{k}-{seed}")
     rows = []
@@ -95,11 +102,10 @@ def style_scores(reward_fn, n: int) -> dict:
     """Scores of each style's review of the first `n` held-out buggy snippets: raw and sigma(r - m) (module
     docstring), mean and standard deviation per style; `honest_over_sycophantic`: share of snippets whose honest
     review outscores the sycophantic one, and the mean Bradley-Terry P(honest beats sycophantic)."""
-    from posttrain.lab.evaluate import rows_of
-    from posttrain.lab.review import ReviewTask, review_response
+    from posttrain.lab.review import review_response
 
     rng = random.Random(0)
-    tasks = [ReviewTask.from_row(r) for r in rows_of("builtin:review_eval") if r["buggy"]][:n]
+    tasks = [t for t in world_reviews("eval") if t.buggy][:n]
     prompts = [t.prompt_messages() for t in tasks]
     raw = {s: reward_fn(prompts, [review_response(t, s, rng) for t in tasks]) for s in STYLE_ORDER}
     centre = [mean(raw[s][i] for s in STYLE_ORDER) for i in range(len(tasks))]
