@@ -6,6 +6,7 @@ ratios of steady tokens/s and peak RSS, and the first/final losses (the check th
   pip install -e ".[bench]"                       # TRL, only for benchmarks
   python bench/compare.py sft --repeats 3         # also: --model tiny-llama-l --steps 30
   python bench/compare.py dpo|reward|grpo --repeats 3   # see bench/README.md
+  python bench/compare.py all --repeats 3         # every pair at its short step count, interleaved, one table
 The TRL side is the shared harness ../shared/bench (copied to bench/.trl-harness with its fixture,
 built deterministically by its make_fixture.py). Results are appended to bench/results/<bench>.jsonl.
 """
@@ -86,12 +87,41 @@ def summarize(name: str, trl: list[dict], ours: list[dict]) -> dict:
     return s
 
 
+# the shortened runs of the kept tables (bench/README.md); `all` uses them, scaled by --steps-frac
+SHORT_STEPS = {"sft": 60, "sft-packed": 60, "dpo": 40, "reward": 60, "grpo": 20}
+
+
+def commands(bench: str, a, fixture: str) -> tuple[list[str], list[str]]:
+    trl_script, our_script, extra = PAIRS[bench]
+    steps = a.steps or (max(5, round(SHORT_STEPS[bench] * a.steps_frac)) if a.bench == "all" else None)
+    common = (["--model", a.model] + (["--steps", str(steps)] if steps else [])
+              + (["--threads", str(a.threads)] if a.threads else []))
+    trl_cmd = [sys.executable, os.path.join(HARNESS, trl_script)] + common
+    our_cmd = ([sys.executable, os.path.join(HERE, our_script), "--fixture", fixture] + common + extra
+               + [x for kv in a.set for x in ("--set", kv)])
+    return trl_cmd, our_cmd
+
+
+def record(bench: str, a, trl: list[dict], ours: list[dict]) -> dict:
+    s = summarize(bench, trl, ours)
+    s.update(model=a.model, steps=ours[0]["steps"], threads=a.threads or 2, ours_set=a.set,
+             machine="quiet" if s["max_other_cores"] is not None and s["max_other_cores"] < 0.2 else "BUSY")
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", f"{bench}.jsonl"), "a") as f:
+        for r in trl + ours:
+            f.write(json.dumps(r) + "\n")
+        f.write(json.dumps({"summary": s}) + "\n")
+    return s
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("bench", choices=sorted(PAIRS))
+    ap.add_argument("bench", choices=sorted(PAIRS) + ["all"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default="tiny-llama")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--steps-frac", type=float, default=1.0,
+                    help="with `all`: scale each pair's short step count (e.g. 0.5 for tiny-llama-l)")
     ap.add_argument("--shared", default=SHARED, help="folder of the shared TRL harness")
     ap.add_argument("--threads", type=int, default=None, help="torch threads on both sides (the harness pins 2); "
                     "1 on a busy machine, where 2 threads wait on each other; say so when quoting a figure")
@@ -99,28 +129,23 @@ def main():
                     help="config override for our side only (an ablation, e.g. padding_free=false)")
     a = ap.parse_args()
     fixture = prepare(a.shared)
-    trl_script, our_script, extra = PAIRS[a.bench]
-    common = (["--model", a.model] + (["--steps", str(a.steps)] if a.steps else [])
-              + (["--threads", str(a.threads)] if a.threads else []))
-    trl_cmd = [sys.executable, os.path.join(HARNESS, trl_script)] + common
-    our_cmd = ([sys.executable, os.path.join(HERE, our_script), "--fixture", fixture] + common + extra
-               + [x for kv in a.set for x in ("--set", kv)])
-    trl, ours = [], []
-    for i in range(a.repeats):
-        trl.append(run_json(trl_cmd, HARNESS))
-        ours.append(run_json(our_cmd, HERE))
-        print(f"repeat {i + 1}: TRL {trl[-1]['steady_tokens_per_s']} tok/s ({trl[-1]['median_step_s']} s/step, "
-              f"other cores {trl[-1].get('other_cores')}), ours {ours[-1]['steady_tokens_per_s']} tok/s "
-              f"({ours[-1]['median_step_s']} s/step, other cores {ours[-1].get('other_cores')})", file=sys.stderr)
-    s = summarize(a.bench, trl, ours)
-    s.update(model=a.model, steps=a.steps, threads=a.threads or 2, ours_set=a.set,
-             machine="quiet" if s["max_other_cores"] is not None and s["max_other_cores"] < 0.2 else "BUSY")
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", f"{a.bench}.jsonl"), "a") as f:
-        for r in trl + ours:
-            f.write(json.dumps(r) + "\n")
-        f.write(json.dumps({"summary": s}) + "\n")
-    print(json.dumps(s, indent=1))
+    benches = list(PAIRS) if a.bench == "all" else [a.bench]
+    runs = {b: ([], []) for b in benches}
+    for i in range(a.repeats):  # interleaved: TRL, ours, per pair, per repeat
+        for b in benches:
+            trl_cmd, our_cmd = commands(b, a, fixture)
+            trl, ours = runs[b]
+            trl.append(run_json(trl_cmd, HARNESS))
+            ours.append(run_json(our_cmd, HERE))
+            print(f"{b} repeat {i + 1}: TRL {trl[-1]['steady_tokens_per_s']} tok/s ({trl[-1]['median_step_s']} s/step, "
+                  f"other cores {trl[-1].get('other_cores')}), ours {ours[-1]['steady_tokens_per_s']} tok/s "
+                  f"({ours[-1]['median_step_s']} s/step, other cores {ours[-1].get('other_cores')})", file=sys.stderr)
+    summaries = [record(b, a, *runs[b]) for b in benches]
+    if len(summaries) == 1:
+        print(json.dumps(summaries[0], indent=1))
+    else:
+        from table import markdown
+        print("\n".join(markdown(summaries)))
 
 
 if __name__ == "__main__":

@@ -22,11 +22,13 @@ def latest() -> list[dict]:
     return list(rows.values())
 
 
+def markdown(summaries: list[dict]) -> list[str]:
+    return (["| " + " | ".join(COLS) + " |", "|" + "---|" * len(COLS)]
+            + ["| " + " | ".join(str(s.get(c, "")) for c in COLS) + " |" for s in summaries])
+
+
 def main():
-    print("| " + " | ".join(COLS) + " |")
-    print("|" + "---|" * len(COLS))
-    for s in latest():
-        print("| " + " | ".join(str(s.get(c, "")) for c in COLS) + " |")
+    print("\n".join(markdown(latest())))
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def test_packed_dpo_equals_padded_losses_and_gradients(tiny_model_dir, tmp_path,
 def test_packed_reward_model_equals_padded_losses_and_gradients(tiny_model_dir, tmp_path):
     def run(padding_free, share_prompt=False):
         eng = make_engine(rm_cfg(tiny_model_dir, tmp_path, padding_free=padding_free, share_prompt=share_prompt,
-                                 center_rewards_coefficient=0.1))
+                                 center_rewards_coefficient=0.1, score_once=False))  # the pair expansion
         assert eng.algo.micro_batches(0)[0].packed == padding_free
         return _step(eng)
     padded = run(False)

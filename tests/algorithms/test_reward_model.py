@@ -36,6 +36,7 @@ def test_loss_is_bradley_terry_with_margin_weights_and_centering(tiny_model_dir,
                                                                                 ranking_every=3)))]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = rm_cfg(tiny_model_dir, tmp_path, center_rewards_coefficient=0.1, padding_free=False,  # padded rows here
+                 score_once=False,                                                          # as 2P pair sequences
                  **{"data.train": tmp_path / "m.jsonl"})
     eng = make_engine(cfg)
     batch = eng.algo.micro_batches(0)[0]

@@ -7,6 +7,8 @@ from posttrain.losses.preference import (
     DPO_LOSSES,
     bind_dpo_loss,
     bradley_terry_loss,
+    ranking_bradley_terry_loss,
+    ranking_pairs,
     hinge_dpo,
     ipo,
     robust_dpo,
@@ -54,6 +56,27 @@ def test_bradley_terry_margin_weight_and_centering_hand_value():
     main = (2 * softplus(-(1.0 - 0.5)) + 1 * softplus(-2.0)) / 3.0
     centering = (2 * (1.0 + 0.0) ** 2 + 1 * (0.0 - 2.0) ** 2) / 3.0
     assert loss.item() == pytest.approx(main + 0.01 * centering, rel=1e-6)
+
+
+def test_ranking_pairs_are_every_ordered_pair_within_each_group():
+    better, worse = ranking_pairs([3, 2])
+    assert list(zip(better.tolist(), worse.tolist())) == [(0, 1), (0, 2), (1, 2), (3, 4)]
+
+
+def test_ranking_bradley_terry_hand_value():
+    # K=3 scores [2, 1, 0], best first: pairs (2,1), (2,0), (1,0) -> differences [1, 2, 1];
+    # -logsigmoid(1) = log(1 + e^-1) = 0.313262, -logsigmoid(2) = 0.126928;
+    # weight 1/C(3,2) = 1/3 each, one group -> (0.313262 + 0.126928 + 0.313262) / 3 = 0.251150
+    scores = torch.tensor([2.0, 1.0, 0.0], requires_grad=True)
+    better, worse = ranking_pairs([3])
+    loss, m = ranking_bradley_terry_loss(scores, better, worse, weight=torch.full((3,), 1 / 3), num_items=1.0)
+    assert loss.item() == pytest.approx(0.251150, abs=1e-6)
+    assert m["accuracy"].item() == 1.0 and m["margin_mean"].item() == pytest.approx(4 / 3)
+    loss.backward()
+    # d/ds of -logsigmoid(s_i - s_j) is -sigmoid(-(s_i - s_j)) for the better one: s(-1) = 0.268941,
+    # s(-2) = 0.119203; score 0: -(0.268941 + 0.119203)/3, score 1: (0.268941 - 0.268941)/3 = 0,
+    # score 2: (0.119203 + 0.268941)/3
+    assert scores.grad.tolist() == pytest.approx([-0.129381, 0.0, 0.129381], abs=1e-6)
 
 
 def test_bradley_terry_gradient_raises_chosen_and_lowers_rejected():

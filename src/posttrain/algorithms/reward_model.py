@@ -9,7 +9,10 @@ trained and saved whole beside the adapter. `OUT/final` is `save_pretrained` for
 
 Loss (`losses.preference.bradley_terry_loss`): sum over pairs of w * -log sigmoid(r_c - r_r - margin) /
 num_items, plus optional reward centering; rankings (`prompt` + `responses`) give all K(K-1)/2 pairs of a
-row in one micro-batch, each row weighted once. Held-out evaluation (`data.eval`) is logged as
+row in one micro-batch, each row weighted once. With `score_once` (default) each response of a row is
+run once (`pack_groups_collate` / `group_collate`: a ranking of K costs K sequences, its prompt once when
+packed, not K(K-1)) and `ranking_bradley_terry_loss` forms the pairs from the K scores; loss, gradients
+and per-pair metrics are those of the pair expansion. Held-out evaluation (`data.eval`) is logged as
 `eval/accuracy`, `eval/margin`, `eval/ece`, `eval/length_pearson` ... and written in full (with accuracy
 binned by margin) to `OUT/eval.json` at the end.
 """
@@ -24,9 +27,9 @@ import torch
 from posttrain.config import DataConfig, TrainConfig, opt
 from posttrain.core.algorithm import Algorithm, StepSampler
 from posttrain.core.logprobs import hidden_states
-from posttrain.data.packed_pairs import choose_collate
-from posttrain.data.preference import load_preference_splits, response_collate
-from posttrain.losses.preference import bradley_terry_loss
+from posttrain.data.packed_pairs import choose_collate, pack_groups_collate
+from posttrain.data.preference import group_collate, load_preference_splits, response_collate
+from posttrain.losses.preference import bradley_terry_loss, ranking_bradley_terry_loss
 from posttrain.rewards.reward_model import SequenceClassifier, score_head, sequence_rewards
 
 
@@ -42,6 +45,9 @@ class RewardModelConfig(TrainConfig):
                                    "sequence); off, or a model without plain causal sdpa attention: right padding")
     share_prompt: bool = opt(True, "with padding_free: each pair's prompt is computed once, chosen and rejected "
                                    "attend to it as two separate sequences would")
+    score_once: bool = opt(True, "run each response of a row once (a K-ranking: K sequences, not K(K-1)) and "
+                                 "form its pairs from the scores; same loss as the pair expansion. Packed, the "
+                                 "row's prompt is shared whatever share_prompt says")
 
 
 CONFIG = RewardModelConfig
@@ -61,8 +67,8 @@ def load_reward_model(cfg: RewardModelConfig):
 
 
 def batch_rewards(model, batch) -> torch.Tensor:
-    """float32 rewards `[2P]` of a `PreferenceBatch` (padded or packed): the scalar head on each sequence's
-    last token only (one position per sequence, no `[B, T, 1]` head output)."""
+    """float32 rewards `[2P]` (grouped: `[S]`, one per response) of a `PreferenceBatch` (padded or packed):
+    the scalar head on each sequence's last token only (one position per sequence, no `[B, T, 1]` head output)."""
     hidden = hidden_states(model, batch.input_ids, batch.attention_mask, batch.position_ids)
     rows, cols = batch.last_positions()
     return score_head(model)(hidden[rows, cols]).squeeze(-1).float()
@@ -88,6 +94,8 @@ class RewardModelTrainer(Algorithm):
         c = self.cfg
         self.engine, self.pad_id = engine, engine.tokenizer.pad_token_id
         self.collate, packed = choose_collate(engine.model, c.padding_free, c.share_prompt)
+        if c.score_once:
+            self.collate = pack_groups_collate if packed else group_collate
         if packed:
             engine.say("padding-free pairs: each batch is one packed row, attention per sequence (sdpa_varlen)")
         self.examples, self.eval_examples = load_preference_splits(c, engine.tokenizer, engine.say)
@@ -102,11 +110,14 @@ class RewardModelTrainer(Algorithm):
                 for idx in self.sampler.micro_indices(step)]
 
     def loss(self, model, batch, norm):
-        rewards = batch_rewards(model, batch)                                      # [2P]
-        p = batch.num_pairs
-        loss, m = bradley_terry_loss(rewards[:p], rewards[p:], margin=batch.margin, weight=batch.weight,
-                                     num_items=norm.num_items,
-                                     center_rewards_coefficient=self.cfg.center_rewards_coefficient)
+        rewards = batch_rewards(model, batch)                     # [2P], or [S] (one per response) grouped
+        kw = dict(margin=batch.margin, weight=batch.weight, num_items=norm.num_items,
+                  center_rewards_coefficient=self.cfg.center_rewards_coefficient)
+        if batch.chosen_index is not None:
+            loss, m = ranking_bradley_terry_loss(rewards, batch.chosen_index, batch.rejected_index, **kw)
+        else:
+            p = batch.num_pairs
+            loss, m = bradley_terry_loss(rewards[:p], rewards[p:], **kw)
         return loss, {"accuracy": m["accuracy"], "margin": m["margin_mean"], "rewards/chosen": m["chosen_mean"],
                       "rewards/rejected": m["rejected_mean"]}
 

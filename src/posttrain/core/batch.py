@@ -50,6 +50,10 @@ class PreferenceBatch(_Movable):
     last_index: Tensor | None = None          # [2P] long: position of each sequence's last token in the row
     pred_index: Tensor | None = None          # [1, N] long: the position whose hidden state predicts each token
     num_tokens: int = 0                       # tokens of the 2P sequences (a shared prompt counted per sequence)
+    # grouped form (`group_collate`, `pack_groups_collate`): the sequences are each row's distinct responses,
+    # once each (S of them, not 2P); pair i compares sequence chosen_index[i] with rejected_index[i]
+    chosen_index: Tensor | None = None        # [P] long
+    rejected_index: Tensor | None = None      # [P] long
 
     @property
     def packed(self) -> bool:
@@ -57,6 +61,8 @@ class PreferenceBatch(_Movable):
 
     @property
     def num_sequences(self) -> int:
+        if self.chosen_index is not None:
+            return int(self.last_index.shape[0]) if self.last_index is not None else int(self.input_ids.shape[0])
         return 2 * self.num_pairs
 
     def row_ids(self) -> Tensor:

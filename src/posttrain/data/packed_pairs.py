@@ -92,6 +92,43 @@ def pack_shared_prompt_collate(examples: Sequence[PreferenceExample], pad_id: in
                          num_tokens=sum(len(c.input_ids) + len(r.input_ids) for c, r in pairs))
 
 
+def _group_shared_len(responses) -> int:
+    """Tokens all `responses` share before any one's first scored token (their common prompt)."""
+    limit = min(r.mask.index(1) for r in responses)
+    first = responses[0].input_ids
+    n = 0
+    while n < limit and all(r.input_ids[n] == first[n] for r in responses):
+        n += 1
+    return n
+
+
+def pack_groups_collate(examples: Sequence[PreferenceExample], pad_id: int | None = None) -> PreferenceBatch:
+    """Every RESPONSE of every example once, as `[prompt, tail 1, ..., tail K]` per example in one packed
+    row (`pack_shared_prefix`: the prompt computed once, each tail a branch attending to it): a ranking of
+    K costs its prompt plus K tails instead of K(K-1)/2 `[prompt, chosen, rejected]` triples. Sequence s
+    is the s-th response laid end to end (`preference.group_indices` gives each pair's two), `last_index`
+    its last token; margin and weight per pair as in `pack_shared_prompt_collate`."""
+    if not examples:
+        raise ValueError("pack_groups_collate needs at least one example")
+    from .preference import group_indices
+
+    ids, pos, mask, owner, pred, last, num_tokens = [], [], [], [], [], [], 0
+    for ex in examples:
+        s = _group_shared_len(ex.responses)
+        starts = pack_shared_prefix([r.input_ids for r in ex.responses], s, ids, pos, pred)
+        ends = starts[1:] + [len(ids)]
+        for k, r in enumerate(ex.responses):
+            tail_from = s if k else 0
+            mask += r.mask[tail_from:]
+            owner += [len(last)] * (len(r.input_ids) - tail_from)
+            last.append(ends[k] - 1)
+            num_tokens += len(r.input_ids)
+    batch = _packed_batch(examples, ids, pos, mask, owner, last, pred=pred, num_tokens=num_tokens)
+    batch.chosen_index, batch.rejected_index = group_indices(examples)
+    batch.ref_chosen_logps = batch.ref_rejected_logps = None
+    return batch
+
+
 def _packed_batch(examples, ids, pos, mask, owner, last, *, pred, num_tokens: int) -> PreferenceBatch:
     """The one-row `PreferenceBatch` of a packed layout (`pred`: per-token prediction index, or None when
     every token is predicted from the one before it)."""

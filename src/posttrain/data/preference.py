@@ -197,6 +197,33 @@ def preference_collate(examples: Sequence[PreferenceExample], pad_id: int) -> Pr
         ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
 
 
+def group_indices(examples: Sequence[PreferenceExample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen_index [P], rejected_index [P]) of every pair of `examples` into their responses laid end to
+    end (example 0's responses, then example 1's ...), in `preference_collate`'s pair order."""
+    chosen, rejected, start = [], [], 0
+    for ex in examples:
+        chosen += [start + c for c, _ in ex.pairs]
+        rejected += [start + r for _, r in ex.pairs]
+        start += len(ex.responses)
+    return torch.tensor(chosen, dtype=torch.long), torch.tensor(rejected, dtype=torch.long)
+
+
+def group_collate(examples: Sequence[PreferenceExample], pad_id: int) -> PreferenceBatch:
+    """Every RESPONSE of `examples` once, right-padded `[S, T]` (S = responses, not 2P): a ranking of K
+    costs K sequences instead of K(K-1) (the reward model's fast path). `chosen_index`/`rejected_index`
+    name each pair's two sequences; margin and weight are per pair, as in `preference_collate`.
+    Reference log-probs are not carried (a reward model has none)."""
+    if not examples:
+        raise ValueError("group_collate needs at least one example")
+    ids, attn, mask = response_collate([r for ex in examples for r in ex.responses], pad_id)
+    chosen_index, rejected_index = group_indices(examples)
+    return PreferenceBatch(
+        input_ids=ids, attention_mask=attn, mask=mask,
+        margin=torch.tensor([ex.margin for ex in examples for _ in ex.pairs], dtype=torch.float32),
+        weight=torch.tensor([ex.weight for ex in examples for _ in ex.pairs], dtype=torch.float32),
+        chosen_index=chosen_index, rejected_index=rejected_index)
+
+
 def response_collate(responses: Sequence[Response], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids [N, T], attention_mask [N, T], mask [N, T] float) of single responses, right-padded."""
     width = max(len(r.input_ids) for r in responses)

@@ -65,6 +65,37 @@ def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, *, marg
     return loss, metrics
 
 
+def ranking_pairs(group_sizes: list[int]) -> tuple[Tensor, Tensor]:
+    """(better [P], worse [P]) indices of every ordered pair within each group of a flat score vector:
+    groups of sizes `[K_1, K_2, ...]` laid end to end, each ranked best first, give pairs (i, j), i < j,
+    K(K-1)/2 per group (InstructGPT's K-wise comparisons). E.g. `[3, 2]` -> (0,1), (0,2), (1,2), (3,4)."""
+    better, worse, start = [], [], 0
+    for k in group_sizes:
+        for i in range(k):
+            better += [start + i] * (k - 1 - i)
+            worse += range(start + i + 1, start + k)
+        start += k
+    return torch.tensor(better, dtype=torch.long), torch.tensor(worse, dtype=torch.long)
+
+
+def ranking_bradley_terry_loss(scores: Tensor, chosen_index: Tensor, rejected_index: Tensor, *,
+                               margin: Tensor | None = None, weight: Tensor | None = None, num_items: float,
+                               center_rewards_coefficient: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """`bradley_terry_loss` over pairs drawn from one score per sequence: `scores [S]` (each response of a
+    group scored once), pair i compares `scores[chosen_index[i]]` with `scores[rejected_index[i]]`
+    (`ranking_pairs` gives all K(K-1)/2 of each group). Loss, gradients and per-pair metrics equal those
+    of `bradley_terry_loss` on the expanded pairs; `margin`, `weight` are per pair `[P]`. With weight
+    1/C(K,2) per pair and `num_items` = groups this is InstructGPT's per-prompt mean. Hand-worked: K=3,
+    scores [2, 1, 0], weight 1/3, num_items 1 -> mean(-logsigmoid([1, 2, 1]))
+    = (0.313262 + 0.126928 + 0.313262) / 3 = 0.251150."""
+    if scores.dim() != 1 or chosen_index.shape != rejected_index.shape or chosen_index.dim() != 1:
+        raise ValueError(f"scores {tuple(scores.shape)} must be [S], chosen_index {tuple(chosen_index.shape)} and "
+                         f"rejected_index {tuple(rejected_index.shape)} both [P]")
+    idx_c, idx_r = chosen_index.to(scores.device), rejected_index.to(scores.device)
+    return bradley_terry_loss(scores[idx_c], scores[idx_r], margin=margin, weight=weight, num_items=num_items,
+                              center_rewards_coefficient=center_rewards_coefficient)
+
+
 def _logratio_diff(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
                    ref_chosen_logps: Tensor | None, ref_rejected_logps: Tensor | None,
                    loss_name: str) -> tuple[Tensor, Tensor]:

@@ -224,6 +224,18 @@ def evaluate(ctx: Context, path: str, *, init: str | None = None, reward_fn=None
     return m
 
 
+def review_tasks(split: str) -> list:
+    """The built-in world's review tasks of `split` (`train`; `eval`: the snippets of builtin:review_eval, in
+    order), with the planted change (`bug_bad`, `bug_good`) that exported rows do not carry: a task rebuilt
+    from a row (`ReviewTask.from_row`) writes an honest review that quotes a placeholder instead."""
+    from posttrain.lab.builtin import DATA_SEED
+    from posttrain.lab.review import review_splits
+    from posttrain.lab.world import WorldSizes
+
+    s = WorldSizes()
+    return review_splits(DATA_SEED, s.review_train, s.review_eval, s.p_buggy)[split]
+
+
 def load_rm(path: str):
     from posttrain.rewards.reward_model import RewardModel
 

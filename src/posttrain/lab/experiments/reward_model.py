@@ -28,8 +28,8 @@ import os
 import random
 
 from posttrain.lab.experiments.common import (
-    Context, change, fmt, fmt_change, load_rm, md_table, mean, pyplot, rate_se, save_figure, sft_model, std_error,
-    train)
+    Context, change, fmt, fmt_change, load_rm, md_table, mean, pyplot, rate_se, review_tasks, save_figure, sft_model,
+    std_error, train)
 
 SIZES = {"full": {"curve": [100, 300, 1000, 4000], "effort": 600, "ks": [4, 6, 9], "snippets": 186},
          "quick": {"curve": [8, 16], "effort": 16, "ks": [5], "snippets": 3}}
@@ -42,17 +42,6 @@ def rm_settings(n_examples: int, batch: int = 16) -> dict:
             "data.eval": "builtin:pref_eval"}
 
 
-def world_reviews(split: str) -> list:
-    """The built-in world's review tasks of `split` (`train`, `eval`: the snippets of builtin:review_eval), with
-    the planted change (`bug_bad`, `bug_good`) that exported rows do not carry, so an honest review quotes it."""
-    from posttrain.lab.builtin import DATA_SEED
-    from posttrain.lab.review import review_splits
-    from posttrain.lab.world import WorldSizes
-
-    s = WorldSizes()
-    return review_splits(DATA_SEED, s.review_train, s.review_eval, s.p_buggy)[split]
-
-
 def rankings(n: int, k: int, seed: int = 0) -> list[dict]:
     """`n` rankings of `k` distinct reviews of the world's training snippets, ranked by the unbiased rater of
     builtin:pref (`SimulatedRater.ranking_row`): every style once, then styles drawn at random."""
@@ -60,7 +49,7 @@ def rankings(n: int, k: int, seed: int = 0) -> list[dict]:
     from posttrain.lab.raters import SimulatedRater
     from posttrain.lab.review_styles import STYLES, review_response
 
-    tasks = world_reviews("train")
+    tasks = review_tasks("train")
     rater = SimulatedRater(temperature=DEFAULT_RATER_TEMPERATURE, seed=seed)
     rng = random.Random(f"rankings-{k}-{seed}")
     rows = []
@@ -105,7 +94,7 @@ def style_scores(reward_fn, n: int) -> dict:
     from posttrain.lab.review import review_response
 
     rng = random.Random(0)
-    tasks = [t for t in world_reviews("eval") if t.buggy][:n]
+    tasks = [t for t in review_tasks("eval") if t.buggy][:n]
     prompts = [t.prompt_messages() for t in tasks]
     raw = {s: reward_fn(prompts, [review_response(t, s, rng) for t in tasks]) for s in STYLE_ORDER}
     centre = [mean(raw[s][i] for s in STYLE_ORDER) for i in range(len(tasks))]
