@@ -30,11 +30,12 @@ AGGREGATIONS = {"grpo": {"loss_type": "grpo"}, "dr_grpo": {"loss_type": "dr_grpo
                 "dapo": {"loss_type": "dapo"}}
 R1 = {"prompt_template": R1_ZERO, "rewards": [MATH, FORMAT]}
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# SmolLM2-135M-Instruct: ~35 s of one CPU core per step (16 samples of <= 96 tokens, then the update) and ~3 min
-# per greedy evaluation (3 x 50 problems): 40 steps + 2 evaluations ~ 30 min on an idle 2-core machine. T = 0.7:
-# at T = 1 the 135M model's samples are mostly noise (0 of 64 correct in a 4-step trial).
+# SmolLM2-135M-Instruct: ~16 s of one CPU core per step (16 samples of <= 96 tokens, then the update; measured
+# over 10 steps) and ~100 s per greedy evaluation (3 x 50 problems): 60 steps + 2 evaluations ~ 20 min of one core,
+# inside 30 min on an idle 2-core machine. T = 0.7: at T = 1 the 135M model's samples are mostly noise (0 of 64
+# correct in a 4-step trial; 3 of 160 at T = 0.7).
 REAL = {"gguf_file": GGUF, "prompt_template": None, "temperature": 0.7,
-        "max_steps": 40, "batch_size": 16, "num_generations": 8, "learning_rate": 1e-5, "max_new_tokens": 96,
+        "max_steps": 60, "batch_size": 16, "num_generations": 8, "learning_rate": 1e-5, "max_new_tokens": 96,
         "max_length": 256, "eval_steps": 0, "data.eval": None}
 REAL_EVAL = {"n": 50, "k": 0, "max_new_tokens": 128}   # greedy only: a 135M model samples slowly on 2 cores
 TEMPLATES = {"sft": PLAIN, "sft_grpo": PLAIN, **{f"r1zero_{a}": R1_ZERO for a in AGGREGATIONS}}
