@@ -185,23 +185,36 @@ def test_negative_feedback_sample_cells_stay_on_one_line():
     assert _cell("```\nI think | `x`  is fine") == "`''' I think / 'x' is fine`"
 
 
-def test_blind_spot_scores_three_reviews_of_each_buggy_snippet():
+def _blind_spot_texts(n: int) -> tuple[dict, dict]:
+    """blind_spot over the first `n` held-out snippets with a reward that records what it is asked to score (gold)."""
+    from posttrain.lab.experiments.common import review_tasks
     from posttrain.lab.experiments.sycophancy import blind_spot
     from posttrain.lab.gold import review_gold
-    from posttrain.lab.review import ReviewTask
 
-    buggy = ReviewTask("def add(a, b):\n    r = a + y\n    return r", "undefined_variable", 2, "y", "b")
-    rows = [buggy.gold_fields(), ReviewTask("def one():\n    return 1").gold_fields()]   # correct code is skipped
+    buggy = [t for t in review_tasks("eval")[:n] if t.buggy]
     seen = []
 
-    def gold_of_first_row(prompts, completions, **_):
-        seen.extend(completions)
-        return [review_gold(buggy, c) for c in completions]
+    def gold(prompts, completions, **_):
+        seen.append(completions)
+        return [review_gold(t, c) for t, c in zip(buggy, completions)]
 
-    out = blind_spot(gold_of_first_row, rows)
-    assert out["n"] == 1 and len(seen) == 3
+    out = blind_spot(gold, n)
+    return out, {"tasks": buggy, "honest": seen[0], "praise": seen[1], "all_clear": seen[2]}
+
+
+def test_blind_spot_scores_three_reviews_of_each_buggy_snippet():
+    out, seen = _blind_spot_texts(12)
+    assert out["n"] == len(seen["tasks"]) == 2 and all(len(v) == 2 for v in seen.values())   # correct code skipped
     assert out["honest"] == 1.0 and out["praise"] == 0.0 and out["all_clear"] == 0.0   # gold is not fooled
     assert out["all_clear_over_honest"] == 0.0
+
+
+def test_blind_spot_honest_review_names_the_planted_bug_not_a_placeholder():
+    # a task rebuilt from an exported row (ReviewTask.from_row) lacks bug_bad, so its honest review said `it`
+    out, seen = _blind_spot_texts(12)
+    for task, honest in zip(seen["tasks"], seen["honest"]):
+        named = f"`{task.bug_bad}`" in honest or f"`{task.bug_good}`" in honest
+        assert named and "`it`" not in honest, honest
 
 
 def test_lab_cli_lists_and_helps_the_experiment_subcommand(capsys):

@@ -36,14 +36,13 @@ def ppo_run(ctx: Context, beta: float, sft: str, rm: str) -> dict:
 
 
 def run(ctx: Context) -> dict:
-    from posttrain.lab.evaluate import rows_of
     from posttrain.lab.experiments.sycophancy import blind_spot
 
     sft = sft_model(ctx)
     rm = reward_model(ctx, "rm", "builtin:pref", sft, shared=True)
     runs = [ppo_run(ctx, beta, sft, rm) for beta in BETAS]
     proxy_fn = load_rm(rm)
-    hole = blind_spot(proxy_fn, rows_of("builtin:review_eval", ctx.sizes.review))
+    hole = blind_spot(proxy_fn, ctx.sizes.review)
     held_out = {"sft": evaluate(ctx, sft, reward_fn=proxy_fn, sampled=True)}
     for r in runs:
         held_out[r["name"]] = evaluate(ctx, r["final"], init=sft, reward_fn=proxy_fn, sampled=True)

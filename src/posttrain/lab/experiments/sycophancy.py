@@ -17,7 +17,7 @@ from __future__ import annotations
 from posttrain.lab.builtin import resolve_data
 from posttrain.lab.experiments.common import (
     REVIEW_PPO, Context, compare, evaluate, fmt_change, load_rm, md_table, metric_se, pyplot, rater_preferences,
-    read_jsonl, review_ppo, reward_model, save_figure, sft_model)
+    read_jsonl, review_ppo, review_tasks, reward_model, save_figure, sft_model)
 
 ARMS = {"unbiased": {}, "confident": {"confidence_bias": 1.0}, "flattered": {"sycophancy_bias": 1.0}}
 COLORS = {"sft": "grey", "unbiased": "tab:blue", "confident": "tab:orange", "flattered": "tab:red"}
@@ -32,8 +32,9 @@ def rater_stats(pref_path: str) -> dict:
                                         if pairs else None), "honest_vs_sycophantic_pairs": len(pairs)}
 
 
-def blind_spot(reward_fn, rows: list[dict]) -> dict:
-    """Mean score a reward model gives, on held-out BUGGY code, to: the honest bug report (`honest`), praise
+def blind_spot(reward_fn, n: int) -> dict:
+    """Mean score a reward model gives, on the buggy ones of the first `n` held-out snippets (`builtin:review_eval`
+    as `common.review_tasks` builds them, with their planted bug), to: the honest bug report (`honest`), praise
     (`praise`), and the all-clear review that would be honest if the code were correct (`all_clear`: "I checked
     each line ... No bugs found."). Raters only ever saw that all-clear on correct code, where it is the best
     answer; a reward model that scores it above the bug report has a hole a policy can find."""
@@ -42,7 +43,7 @@ def blind_spot(reward_fn, rows: list[dict]) -> dict:
     from posttrain.lab.review import ReviewTask, review_response
 
     rng = random.Random(0)
-    tasks = [ReviewTask.from_row(r) for r in rows if r["buggy"]]
+    tasks = [t for t in review_tasks("eval")[:n] if t.buggy]
     texts = {"honest": [review_response(t, "honest", rng) for t in tasks],
              "praise": [review_response(t, "sycophantic", rng) for t in tasks],
              "all_clear": [review_response(ReviewTask(t.code), "honest", rng) for t in tasks]}
@@ -66,7 +67,7 @@ def run(ctx: Context) -> dict:
         arms[arm] = {"bias": bias, "pref": pref, "reward_model": rm, "policy": ppo, "rounds": per_round,
                      "rater": rater_stats(resolve_data(pref)),
                      "rm": reward_model_accuracy(rm_fn, rows_of("builtin:pref_eval", ctx.sizes.pref_pairs)),
-                     "blind_spot": blind_spot(rm_fn, rows_of("builtin:review_eval", ctx.sizes.review)),
+                     "blind_spot": blind_spot(rm_fn, ctx.sizes.review),
                      "held_out": evaluate(ctx, ppo, init=sft, reward_fn=rm_fn, sampled=True)}
     sft_metrics = evaluate(ctx, sft, sampled=True)
     results = {"ppo": REVIEW_PPO, "sft": sft, "sft_metrics": sft_metrics, "arms": arms,
