@@ -79,6 +79,21 @@ def train(eng, steps: int, per_step) -> tuple[list[tuple[float, float]], list[di
     return stamps, rows
 
 
+def train_counting(eng, steps: int, samples) -> tuple[list[tuple[float, float]], list[dict]]:
+    """`train` with the harness's counts per step: the padded size of the step's batch and its samples
+    (`samples(micro_batch)`: rows, pairs), read where the algorithm builds the batch."""
+    build, seen = eng.algo.micro_batches, {}
+
+    def micro_batches(step):
+        micros = build(step)
+        seen.update(padded=sum(b.input_ids.numel() for b in micros), samples=sum(samples(b) for b in micros))
+        return micros
+
+    eng.algo.micro_batches = micro_batches
+    return train(eng, steps, lambda m, eng: {"tokens": m["tokens"], "padded_tokens": seen["padded"],
+                                             "samples": seen["samples"], "loss": m["loss"]})
+
+
 def report(name: str, a: argparse.Namespace, eng, stamps, rows, **extra) -> dict:
     """Print the JSON line. rows[i] has tokens, padded_tokens, samples, loss (+ whatever `extra` reads)."""
     w = a.warmup

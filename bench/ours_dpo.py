@@ -26,22 +26,8 @@ def main():
     eng = Engine(cfg, DPO(cfg))
     assert eng.algo.ref is not None, "DPO must run the reference forward every step"
 
-    def per_step(m, eng):
-        # the harness counts the attention mask of the trained batch (chosen + rejected), pairs as samples
-        return {"tokens": m["tokens"], "padded_tokens": eng.algo.last_padded, "samples": eng.algo.last_pairs,
-                "loss": m["loss"]}
-
-    # the padded size and pair count of the step's batch, read where the algorithm builds it
-    build = eng.algo.micro_batches
-
-    def micro_batches(step):
-        micros = build(step)
-        eng.algo.last_padded = sum(b.input_ids.numel() for b in micros)
-        eng.algo.last_pairs = sum(b.num_pairs for b in micros)
-        return micros
-
-    eng.algo.micro_batches = micro_batches
-    stamps, rows = oc.train(eng, a.steps, per_step)
+    # the harness counts the attention mask of the trained batch (chosen + rejected), pairs as samples
+    stamps, rows = oc.train_counting(eng, a.steps, lambda b: b.num_pairs)
     oc.report("posttrain_dpo", a, eng, stamps, rows, ref_model="frozen copy")
 
 

@@ -23,18 +23,7 @@ def main():
     cfg = load_config(CONFIG, None, oc.base_overrides(a, "pref.jsonl", oc.out_dir("rm")) + [
         f"max_length={a.max_length}", "center_rewards_coefficient=0.0", "drop_truncated=true"] + a.set)
     eng = make_engine(cfg)  # loads the sequence classifier (head seeded with cfg.seed) and builds the Engine
-    build = eng.algo.micro_batches
-
-    def micro_batches(step):  # note the step's padded size and pairs where the algorithm builds the batch
-        micros = build(step)
-        eng.algo.last_padded = sum(b.input_ids.numel() for b in micros)
-        eng.algo.last_pairs = sum(b.num_pairs for b in micros)
-        return micros
-
-    eng.algo.micro_batches = micro_batches
-    per_step = lambda m, eng: {"tokens": m["tokens"], "padded_tokens": eng.algo.last_padded,  # noqa: E731
-                               "samples": eng.algo.last_pairs, "loss": m["loss"]}
-    stamps, rows = oc.train(eng, a.steps, per_step)
+    stamps, rows = oc.train_counting(eng, a.steps, lambda b: b.num_pairs)
     oc.report("posttrain_reward", a, eng, stamps, rows)
 
 

@@ -23,18 +23,7 @@ def main():
         f"max_length={a.max_length}", "data.completion_only_loss=false", f"data.packing={str(packing).lower()}"]
         + a.set)
     eng = Engine(cfg, SFT(cfg))
-    build = eng.algo.micro_batches
-
-    def micro_batches(step):  # note the step's padded size and rows where the algorithm builds the batch
-        micros = build(step)
-        eng.algo.last_padded = sum(b.input_ids.numel() for b in micros)
-        eng.algo.last_rows = sum(b.num_rows for b in micros)
-        return micros
-
-    eng.algo.micro_batches = micro_batches
-    per_step = lambda m, eng: {"tokens": m["tokens"], "padded_tokens": eng.algo.last_padded,  # noqa: E731
-                               "samples": eng.algo.last_rows, "loss": m["loss"]}
-    stamps, rows = oc.train(eng, a.steps, per_step)
+    stamps, rows = oc.train_counting(eng, a.steps, lambda b: b.num_rows)
     oc.report("posttrain_sft" + ("_packed" if packing else ""), a, eng, stamps, rows)
 
 
