@@ -106,3 +106,11 @@ def test_from_row_round_trip():
     assert (back.code, back.bug_kind, back.bug_line, back.buggy) == (t.code, t.bug_kind, t.bug_line, t.buggy)
     with pytest.raises(KeyError, match="bug_line"):
         ReviewTask.from_row({"code": "x", "bug_kind": None})
+
+
+def test_honest_review_of_a_rebuilt_buggy_task_is_refused_not_a_placeholder():
+    # an exported row carries no quote of the planted change; the honest review used to quote `it` in its place
+    t = next(t for t in review_splits(0, 40, 0)["train"] if t.buggy)
+    with pytest.raises(ValueError, match="planted change"):
+        review_response(ReviewTask.from_row(t.gold_fields()), "honest", random.Random(0))
+    assert is_honest(t, review_response(t, "honest", random.Random(0)))  # the task itself still writes one

@@ -73,7 +73,10 @@ def _bug_claim(rng: random.Random, line: int, kind: str, bad: str, good: str, lo
 
 def _honest(task: ReviewTask, rng: random.Random, long: bool, hedged: bool) -> str:
     if task.buggy:
-        return _bug_claim(rng, task.bug_line, task.bug_kind, task.bug_bad or "it", task.bug_good or "", long, hedged)
+        if task.bug_bad is None:  # a task rebuilt from an exported row: it has no quote of the planted change
+            raise ValueError("an honest review quotes the planted change, which a task rebuilt from a row "
+                             "(ReviewTask.from_row) lacks; build tasks with lab.review.review_splits")
+        return _bug_claim(rng, task.bug_line, task.bug_kind, task.bug_bad, task.bug_good or "", long, hedged)
     verdict = rng.choice(_CLEAN_HEDGED if hedged else _CLEAN_SHORT)
     return f"{rng.choice(_CLEAN_DETAIL)} {verdict}" if long else verdict
 

@@ -227,7 +227,7 @@ def evaluate(ctx: Context, path: str, *, init: str | None = None, reward_fn=None
 def review_tasks(split: str) -> list:
     """The built-in world's review tasks of `split` (`train`; `eval`: the snippets of builtin:review_eval, in
     order), with the planted change (`bug_bad`, `bug_good`) that exported rows do not carry: a task rebuilt
-    from a row (`ReviewTask.from_row`) writes an honest review that quotes a placeholder instead."""
+    from a row (`ReviewTask.from_row`) cannot write an honest review of buggy code (it refuses)."""
     from posttrain.lab.builtin import DATA_SEED
     from posttrain.lab.review import review_splits
     from posttrain.lab.world import WorldSizes
