@@ -19,11 +19,13 @@ import random
 
 from .arithmetic import TRAIN_LEVELS, ArithmeticProblem, make_problem
 from .web import web_texts
-from .worked import ANSWER, OPENERS, STYLES, worked
+from .worked import ANSWER, OPENERS, worked
 from .world import World
 
-MATH_WEB_MIX = {"arithmetic": 0.80, "other": 0.20}
-ARITH_FORMS = {"worked": 0.35, "steps": 0.15, "bare": 0.40, "wrong": 0.10}
+MATH_WEB_MIX = {"arithmetic": 0.90, "other": 0.10}
+ARITH_FORMS = {"worked": 0.40, "steps": 0.12, "bare": 0.38, "wrong": 0.10}
+WORKED_STYLES = {"compact": 0.45, "places": 0.35, "columns": 0.20}
+ONE_DIGIT = 0.2      # share of problems whose + and - operands are 0-9 (the facts every column sum uses)
 
 
 def _pick(rng: random.Random, weights: dict[str, float]) -> str:
@@ -33,14 +35,14 @@ def _pick(rng: random.Random, weights: dict[str, float]) -> str:
 def arithmetic_answer(p: ArithmeticProblem, form: str, rng: random.Random) -> str:
     """An answer to `p` in `form` (a key of `ARITH_FORMS`)."""
     if form == "worked":
-        return worked(p, rng, style=rng.choice(STYLES), opener=rng.choice(OPENERS))
+        return worked(p, rng, style=_pick(rng, WORKED_STYLES), opener=rng.choice(OPENERS))
     if form == "steps":
         return "\n".join([f"{a} {op} {b} = {r}" for a, op, b, r in p.steps()] + [ANSWER.format(n=p.answer)])
     if form == "bare":
         return f"{p.expression} = {p.answer}" if rng.random() < 0.5 else ANSWER.format(n=p.answer)
     if form == "wrong":
         if rng.random() < 0.5:
-            return worked(p, rng, style=rng.choice(STYLES), opener=rng.choice(OPENERS), mistake=True)
+            return worked(p, rng, style=_pick(rng, WORKED_STYLES), opener=rng.choice(OPENERS), mistake=True)
         off = rng.choice([d for d in range(-10, 11) if d and p.answer + d >= 0])
         return f"{p.expression} = {p.answer + off}"
     raise ValueError(f"unknown arithmetic form {form!r}; expected one of {sorted(ARITH_FORMS)}")
@@ -52,7 +54,7 @@ def fresh_problems(world: World, rng: random.Random, n: int) -> list[ArithmeticP
     held_out = {p.expression for p in world.arith_test + world.arith_hard}
     out = []
     while len(out) < n:
-        p = make_problem(rng, rng.choice(TRAIN_LEVELS))
+        p = make_problem(rng, rng.choice(TRAIN_LEVELS), 9 if rng.random() < ONE_DIGIT else None)
         if p.expression not in held_out:
             out.append(p)
     return out
