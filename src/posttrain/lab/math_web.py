@@ -1,17 +1,19 @@
 """The web of `builtin:small`: the lab's web text, with arithmetic as it appears on the real web.
 
-Arithmetic documents (80 % of the mixture; the rest reviews and facts as `web.web_texts` writes them) are a
-question and an answer, the answer drawn from `ARITH_FORMS`:
+Arithmetic documents (90 % of the mixture; the rest reviews and facts as `web.web_texts` writes them) are a
+question and an answer, the answer drawn from `ARITH_FORMS` (worked answers in the styles of `WORKED_STYLES`):
 
 | form      | share | example answer to "What is 47 + 38?"                                              |
 |-----------|-------|-----------------------------------------------------------------------------------|
-| `worked`  | 35 %  | an opener, then "47 + 38: ones: 7 + 8 = 15, ..." or "47+38: 7+8=15 carry 1, ..." |
-| `steps`   | 15 %  | one line per operation, "47 + 38 = 85", then "The answer is 85."                  |
-| `bare`    | 40 %  | "47 + 38 = 85" or "The answer is 85."                                             |
+| `worked`  | 40 %  | an opener, then "47+38: 7+8=15 carry 1, ..." (compact), "47 + 38: 47 is 4 tens 7 |
+|           |       | ones, 38 is 3 tens 8 ones; 7+8=15 ..." (places) or "47 + 38: ones: 7 + 8 = 15, ..." |
+| `steps`   | 12 %  | one line per operation, "47 + 38 = 85", then "The answer is 85."                  |
+| `bare`    | 38 %  | "47 + 38 = 85" or "The answer is 85."                                             |
 | `wrong`   | 10 %  | a worked answer with one forgotten carry or borrow, or a bare answer off by 1-10   |
 
 Problems are FRESH draws of levels 1 and 2 (no expression of the world's test or hard split: those stay held
-out for evaluation, and level 3 never appears), so the model must learn the procedure, not the answers.
+out for evaluation, and level 3 never appears), so the model must learn the procedure, not the answers;
+`ONE_DIGIT` of them have one-digit `+`/`-` operands. The proportions are v3's (docs/EXPERIMENTS.md section 6).
 """
 from __future__ import annotations
 
