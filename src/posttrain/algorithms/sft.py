@@ -4,6 +4,11 @@
   nll           next-token cross-entropy on trained tokens, one mean over the whole accumulated batch
   dft           each token's loss scaled by its own detached probability (arXiv 2508.05629)
   unlikelihood  nll on positives plus alpha * -log(1 - p) on negative completions (Welleck et al. 2019)
+
+Padded batches (`data.packing: false`) are computed on their real tokens only by default (`padding_free`,
+`core/unpad.py`): the batch's rows run as one packed row with attention per row, so no embedding, linear or
+MLP works on a padding position; the loss and gradients are the padded computation's. Models it does not
+cover run the padded forward with attention over each row's real tokens (`row_lengths`).
 """
 from __future__ import annotations
 
