@@ -176,10 +176,9 @@ def real_report(r: dict) -> str:
     greedy completion tokens, and what training saw (samples correct, steps with a gradient)."""
     rows = [["", *[f"L{lv} greedy" for lv in (1, 2, 3)], "greedy tokens L1 / L2 / L3"]]
     for when in ("before", "after"):
-        m = r[when]
-        rows.append([when, *[f"{m[f'L{lv}']['greedy']:.2f} ± {2 * rate_se(m[f'L{lv}']['greedy'], m[f'L{lv}']['n']):.2f}"
-                             for lv in (1, 2, 3)],
-                     " / ".join(fmt(m[f"L{lv}"].get("len_greedy"), 0) for lv in (1, 2, 3))])
+        levels = [r[when][f"L{lv}"] for lv in (1, 2, 3)]
+        rows.append([when, *[f"{m['greedy']:.2f} ± {2 * rate_se(m['greedy'], m['n']):.2f}" for m in levels],
+                     " / ".join(fmt(m.get("len_greedy"), 0) for m in levels)])
     n = sum(x["n"] for x in r["rounds"])
     correct = sum(x["n_correct"] for x in r["rounds"])
     grad = r.get("gradient_steps")
