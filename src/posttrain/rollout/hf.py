@@ -81,7 +81,7 @@ def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generat
         tokens = logits.argmax(dim=-1)
         logps = torch.log_softmax(logits, dim=-1)
     else:
-        scaled = logits / params.temperature
+        scaled = logits / params.temperature if params.temperature != 1.0 else logits   # x / 1 == x exactly
         logps = torch.log_softmax(scaled, dim=-1)
         probs = filter_top_k_top_p(scaled, params.top_k, params.top_p).softmax(dim=-1)
         tokens = draw(probs, generator, u)
