@@ -46,6 +46,34 @@ def test_entropy_matches_definition(tiny_model_dir):
     torch.testing.assert_close(ent[:, 1:], expected, atol=1e-5, rtol=1e-5)
 
 
+def test_target_logp_entropy_function_values_and_gradients():
+    # forward: the same ops as log_softmax-gather and -(p * log p).sum; backward: dlogp = onehot - p and
+    # dH = -p (log p + H), against autograd, with the entropy in the loss or only logged (no gradient then)
+    from posttrain.core.logprobs import _TargetLogpEntropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 3, 3, 10, 5, 1])
+    w, we = torch.randn(6, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    lp, ent = _TargetLogpEntropy.apply(logits, targets)
+    ls = torch.log_softmax(logits, -1)
+    ref_lp, ref_ent = ls.gather(-1, targets[:, None]).squeeze(-1), -(ls.exp() * ls).sum(-1)
+    torch.testing.assert_close(lp, ref_lp)
+    torch.testing.assert_close(ent, ref_ent)
+    for loss, ref in (((lp * w).sum(), (ref_lp * w).sum()), ((lp * w + ent * we).sum(), (ref_lp * w + ref_ent * we).sum()),
+                      ((ent * we).sum(), (ref_ent * we).sum())):
+        (got,) = torch.autograd.grad(loss, logits, retain_graph=True)
+        (want,) = torch.autograd.grad(ref, logits, retain_graph=True)
+        torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(lambda x: _TargetLogpEntropy.apply(x, targets), (logits,))
+    # float32 forward: bit for bit the ops the plain path ran
+    x = logits.detach().float()
+    logz = torch.logsumexp(x, -1)
+    lp32, ent32 = _TargetLogpEntropy.apply(x, targets)
+    assert torch.equal(lp32, x.gather(-1, targets[:, None]).squeeze(-1) - logz)
+    assert torch.equal(ent32, logz - (torch.softmax(x, -1) * x).sum(-1))
+
+
 def test_target_logp_function_value_and_gradient():
     # the lean backward g * (onehot - softmax) against autograd through log_softmax + gather, and gradcheck
     from posttrain.core.logprobs import _TargetLogp

@@ -48,23 +48,23 @@ def _rl_config(tmp_path, name):
 
 
 CASES = {
-    "sft-padded": ("sft", lambda d, t: ["data.train=" + write_sft_jsonl(t / "d.jsonl")], 8, True),
-    "sft-packed": ("sft", lambda d, t: ["data.train=" + write_sft_jsonl(t / "d.jsonl"), "data.packing=true"], 8, True),
+    "sft-padded": ("sft", lambda d, t: ["data.train=" + write_sft_jsonl(t / "d.jsonl")], 8),
+    "sft-packed": ("sft", lambda d, t: ["data.train=" + write_sft_jsonl(t / "d.jsonl"), "data.packing=true"], 8),
     "sft-checkpointed": ("sft", lambda d, t: ["data.train=" + write_sft_jsonl(t / "d.jsonl"),
-                                              "gradient_checkpointing=true"], 8, True),
-    "dpo": ("dpo", lambda d, t: ["data.train=" + write_pref_jsonl(t / "d.jsonl")], 8, True),
-    "dpo-lora": ("dpo", lambda d, t: ["data.train=" + write_pref_jsonl(t / "d.jsonl"), "lora.r=4"], 8, True),
-    "rm": ("rm", lambda d, t: ["data.train=" + write_pref_jsonl(t / "d.jsonl"), "learning_rate=1e-3"], 8, True),
+                                              "gradient_checkpointing=true"], 8),
+    "dpo": ("dpo", lambda d, t: ["data.train=" + write_pref_jsonl(t / "d.jsonl")], 8),
+    "dpo-lora": ("dpo", lambda d, t: ["data.train=" + write_pref_jsonl(t / "d.jsonl"), "lora.r=4"], 8),
+    "rm": ("rm", lambda d, t: ["data.train=" + write_pref_jsonl(t / "d.jsonl"), "learning_rate=1e-3"], 8),
     "grpo": ("grpo", lambda d, t: ["data.train=" + _prompts(t / "d.jsonl"), "num_generations=4", "beta=0.1",
-                                   "max_new_tokens=8", "sample_steps=0"], 16, True),
+                                   "max_new_tokens=8", "sample_steps=0"], 16),
     "ppo": ("ppo", lambda d, t: ["data.train=" + _prompts(t / "d.jsonl"), "max_new_tokens=8", "ppo_epochs=1",
-                                 "init_kl_coef=0.05", "learning_rate=1e-3"], 8, True),
+                                 "init_kl_coef=0.05", "learning_rate=1e-3"], 8),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_algorithm_under_ddp_and_fsdp2(tiny_model_dir, tmp_path, case):
-    algo, extra, global_batch, vs_one = CASES[case]
+    algo, extra, global_batch = CASES[case]
     args = _common(tiny_model_dir) + extra(tiny_model_dir, tmp_path) + [f"distributed.global_batch_size={global_batch}"]
     config = _rl_config(tmp_path, case) if algo in ("grpo", "ppo") else None
     worker([{"algo": algo, "out": str(tmp_path / s), "overrides": args + [f"distributed.strategy={s}"],
@@ -74,11 +74,10 @@ def test_algorithm_under_ddp_and_fsdp2(tiny_model_dir, tmp_path, case):
     # that sum to 0) are sums of terms that nearly cancel: compare them to 1e-7 absolute too
     atol = 1e-7 if algo in ("grpo", "ppo") else 0.0
     assert_same_run(str(tmp_path / "ddp"), str(tmp_path / "fsdp2"), loss_atol=atol)
-    if vs_one:
-        cmd = [algo] + (["--config", config] if config else []) + args + [f"output_dir={tmp_path / 'one'}"]
-        assert main(cmd) == 0
-        for s in ("ddp", "fsdp2"):
-            assert_same_run(str(tmp_path / "one"), str(tmp_path / s), loss_atol=atol)
+    cmd = [algo] + (["--config", config] if config else []) + args + [f"output_dir={tmp_path / 'one'}"]
+    assert main(cmd) == 0
+    for s in ("ddp", "fsdp2"):
+        assert_same_run(str(tmp_path / "one"), str(tmp_path / s), loss_atol=atol)
     if case == "dpo-lora":
         assert os.path.exists(tmp_path / "fsdp2" / "final" / "adapter_model.safetensors")
 

@@ -81,6 +81,44 @@ def test_level_metrics_by_hand():
     assert m["len_correct"] == 10 and m["len_wrong"] == pytest.approx((2 + 3 + 5) / 3) and m["shows_work"] == 0.0
 
 
+def test_greedy_only_eval_keeps_completion_tokens_and_examples(monkeypatch):
+    from types import SimpleNamespace
+
+    from posttrain.lab import math_eval as me
+
+    class Backend:   # two fixed greedy completions per level: 4 tokens (right for "5"), 1 token (wrong for "7")
+        def generate(self, prompts, n, params):
+            assert n == 1 and params.temperature == 0.0 and prompts == ["A?\n", "B?\n"]
+            return SimpleNamespace(texts=["The answer is 5.", "6"], completion_ids=[[1, 2, 3, 4], [5]])
+
+    monkeypatch.setattr("posttrain.rollout.make_backend", lambda *a, **k: Backend())
+    rows = [{"prompt": "A?", "answer": "5"}, {"prompt": "B?", "answer": "7"}]
+    m = me.math_eval(None, None, {1: rows}, k=0)["L1"]
+    assert m["greedy"] == 0.5 and m["len_greedy"] == 2.5 and m["n"] == 2 and m["k"] == 0   # (4 + 1) / 2 tokens
+    assert m["examples"] == [{"prompt": "A?", "answer": "5", "completion": "The answer is 5."},
+                             {"prompt": "B?", "answer": "7", "completion": "6"}]
+
+
+def test_real_arm_report_counts_gradient_steps_and_shows_the_noise_of_each_level(tmp_path):
+    from posttrain.lab.experiments.math_stages import gradient_steps
+    from posttrain.lab.experiments.reasoning import real_report
+
+    rows = [{"step": 1, "frac_zero_std_groups": 1.0}, {"step": 2, "frac_zero_std_groups": 0.5}, {"step": 3}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert gradient_steps(str(tmp_path)) == 1          # only step 2 had a group with unequal rewards
+
+    def ev(g1, tokens):
+        return {f"L{lv}": {"greedy": g, "n": 50, "len_greedy": tokens} for lv, g in zip((1, 2, 3), (g1, 0.0, 0.0))}
+
+    r = {"before": ev(0.2, 70.0), "after": ev(0.5, 12.0), "train_s": 600.0, "gradient_steps": 1,
+         "rounds": [{"n": 16, "n_correct": 0}, {"n": 16, "n_correct": 3}]}
+    text = real_report(r)
+    # 2 SE on 50 problems: 2 sqrt(0.2 * 0.8 / 50) = 0.113; 2 sqrt(0.25 / 50) = 0.141; at 0 the bound is 0
+    assert "| before | 0.20 ± 0.11 | 0.00 ± 0.00 | 0.00 ± 0.00 | 70 / 70 / 70 |" in text
+    assert "| after | 0.50 ± 0.14 |" in text
+    assert "2 steps in 600 s of wall time; 3 of 32 samples correct; 1 steps with a gradient." in text
+
+
 def test_seeds_aggregate_holds_only_beyond_seed_spread_and_eval_noise():
     from posttrain.lab.experiments.seeds import aggregate, table
 

@@ -134,3 +134,38 @@ def test_unknown_architectures_and_wrapped_layers_fall_back(tiny_model_dir):
     model, _ = load(tiny_model_dir)
     model.lm_head.weight.ds_id = 0   # a DeepSpeed ZeRO-3 partition: only the module's forward gathers it
     assert not lean_supported(model)
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_decode_step_equals_forward_bit_for_bit(tiny, onednn):
+    """`LeanLlama.step` (the decode loop's call, [B, heads, D] layout) is `forward` at T = 1: the same hidden
+    states and the same cache slot, bit for bit; and its rotation is transformers' rotate_half formula."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from posttrain.rollout.lean import LeanLlama, _rotate, prefill_mask
+
+    model, _ = tiny
+    lean = LeanLlama(model, 10, onednn=onednn)
+    ids = torch.randint(4, model.config.vocab_size, (3, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0                                   # a left-padded row
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        a, b = lean.new_cache(3, 10), lean.new_cache(3, 10)
+        lean.forward(ids, pos, a, 0, prefill_mask(mask))
+        for (ka, va), (kb, vb) in zip(a, b):
+            kb.copy_(ka)
+            vb.copy_(va)
+        keys = torch.zeros(3, 1, 1, 7)
+        keys[0, ..., :2] = float("-inf")
+        tok, nxt = torch.tensor([5, 6, 7]), pos[:, -1] + 1
+        ref = lean.forward(tok[:, None], nxt[:, None], a, 6, keys)[:, 0]
+        got = lean.step(tok, lean.rope(nxt)[:, None], lean.rope(nxt, sin=True)[:, None], b, 6, keys)
+    assert torch.equal(got, ref)
+    for (ka, va), (kb, vb) in zip(a, b):
+        assert torch.equal(ka[:, :, :7], kb[:, :, :7]) and torch.equal(va[:, :, :7], vb[:, :, :7])
+    q = torch.randn(3, 4, 2, lean.dim, generator=torch.Generator().manual_seed(1))
+    cos, sin = model.model.rotary_emb(q, position_ids=pos[:, :2])
+    want = apply_rotary_pos_emb(q, q, cos, sin)[0]
+    got = _rotate(q, lean.rope(pos[:, :2])[:, None], lean.rope(pos[:, :2], sin=True)[:, None])
+    assert torch.equal(got, want)

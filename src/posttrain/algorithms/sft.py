@@ -4,6 +4,12 @@
   nll           next-token cross-entropy on trained tokens, one mean over the whole accumulated batch
   dft           each token's loss scaled by its own detached probability (arXiv 2508.05629)
   unlikelihood  nll on positives plus alpha * -log(1 - p) on negative completions (Welleck et al. 2019)
+
+Padded batches (`data.packing: false`) are computed on their real tokens only by default (`padding_free`,
+`core/unpad.py`): the batch's rows run as one packed row with attention per row, so no embedding, linear or
+MLP works on a padding position; the loss and gradients are the padded computation's. Models it does not
+cover run the padded forward with attention over each row's real tokens (`row_lengths`). On a CPU the
+float32 linear layers run on oneDNN (`onednn_linear`, `core/fast_linear.py`).
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from posttrain.config import TrainConfig, opt
 from posttrain.core.algorithm import Algorithm, StepSampler
 from posttrain.core.distributed import all_reduce
 from posttrain.core.logprobs import hidden_states, selected_token_logps
+from posttrain.core.unpad import can_unpad, is_right_padded, model_type, unpadded_token_logps
 from posttrain.losses.sft import SFT_LOSSES
 
 
@@ -23,6 +30,8 @@ class SFTConfig(TrainConfig):
     loss: str = opt("nll", "token loss: nll, dft or unlikelihood")
     unlikelihood_alpha: float = opt(1.0, "weight of the unlikelihood term on negative completions")
     logits_chunk: int = opt(0, "positions per chunk of the output head; 0 = auto (<= 32M logits a chunk)")
+    padding_free: bool = opt(True, "compute each padded batch on its real tokens only (one row, attention per "
+                                   "row; same loss and gradients); Llama/Mistral/Qwen2/Qwen3 on sdpa, else padded")
 
 
 CONFIG = SFTConfig
@@ -31,6 +40,9 @@ CONFIG = SFTConfig
 class SFT(Algorithm):
     name = "sft"
     plot_keys = ("loss", "eval/loss", "nll", "grad_norm", "lr", "tokens_per_s")
+    # float32 CPU matmuls on oneDNN (core/fast_linear.py): ~1.5x less CPU per step here; the bench's loss
+    # checks against TRL stay equal to 6 digits (bench/README.md, "SFT: ... padding_free")
+    onednn_linear = True
 
     def __init__(self, cfg: SFTConfig):
         if cfg.loss not in SFT_LOSSES:
@@ -51,6 +63,10 @@ class SFT(Algorithm):
         self.varlen = use_varlen(engine.model)
         if self.cfg.data.packing and self.varlen:
             engine.say("packing: attention runs per packed row (sdpa_varlen), no cross-row attention")
+        self.unpad = not self.cfg.data.packing and self.cfg.padding_free and can_unpad(engine.model, self.varlen)
+        if not self.cfg.data.packing and self.cfg.padding_free and not self.unpad:
+            engine.say(f"padding_free: not for this model ({model_type(engine.model) or 'unknown type'}, "
+                       f"attention {engine.model.config._attn_implementation}): padded batches run padded")
         self.examples, stats = self._build(self.cfg.data.train, "train")
         if self.cfg.loss == "unlikelihood" and not any(e.negative for e in self.examples):
             from posttrain.data.errors import DataError
@@ -100,13 +116,17 @@ class SFT(Algorithm):
 
     def logps(self, model, batch) -> torch.Tensor:
         """Token log-probs `[B, T]` at the loss-carrying positions (mask or neg_mask), 0 elsewhere: the output
-        head runs only there; a right-padded batch's attention runs over each row's real tokens only."""
+        head runs only there. A right-padded batch runs on its real tokens only (`padding_free`,
+        `core.unpad`), or else its attention runs over each row's real tokens only (`row_lengths`)."""
+        select = batch.mask + batch.neg_mask
+        if self.unpad and batch.attention_mask is not None and is_right_padded(batch.attention_mask):
+            return unpadded_token_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids, select,
+                                        chunk_size=self.cfg.logits_chunk)
         attention, extra = batch.attention_mask, {}
         if self.varlen and attention is not None:  # pad_collate pads on the right
             attention, extra = None, {"row_lengths": batch.attention_mask.sum(-1).tolist()}
         hidden = hidden_states(model, batch.input_ids, attention, batch.position_ids, **extra)
-        return selected_token_logps(model, hidden, batch.input_ids, batch.mask + batch.neg_mask,
-                                    chunk_size=self.cfg.logits_chunk)
+        return selected_token_logps(model, hidden, batch.input_ids, select, chunk_size=self.cfg.logits_chunk)
 
     def loss(self, model, batch, norm):
         logps = self.logps(model, batch)

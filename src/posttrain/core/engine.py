@@ -81,7 +81,7 @@ class Engine:
 
             model, tokenizer = load_model(cfg)
         self.model, self.tokenizer = model.to(self.accelerator.device), tokenizer
-        speed_up(self.model)  # leaner backwards, the same forward (core/speedups.py)
+        speed_up(self.model, algorithm.onednn_linear)  # leaner backwards (core/speedups.py)
         self.device = self.accelerator.device
         self.step, self.skipped, self.consecutive_skips, self._stop, self._agreed_signum = 0, 0, 0, None, 0
         self.last_loss, self.init_abs_max = None, None

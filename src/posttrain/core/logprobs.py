@@ -38,6 +38,43 @@ class _TargetLogp(torch.autograd.Function):
         return grad.scatter_add_(-1, targets.unsqueeze(-1), g), None
 
 
+class _TargetLogpEntropy(torch.autograd.Function):
+    """`(log_softmax(logits)[i, targets[i]], entropy of softmax(logits[i]))`, float32 `[N]` each, the forward
+    the same ops as before (logsumexp, gather, softmax, sum of p * logits), the backward one pass over the
+    logits with p recomputed from the saved logits (autograd's graph keeps `[N, V]` probabilities too, and
+    runs logsumexp, gather, softmax and product backwards separately):
+
+        d logp_i / d logits = onehot(target) - p,    d H / d logits = -p * (log p + H)
+
+    A gradient that is not needed (the entropy is logged, not in the loss, unless an entropy bonus is on)
+    is not computed."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor):
+        logz = torch.logsumexp(logits, dim=-1)
+        logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
+        entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+        ctx.save_for_backward(logits, logz, targets, entropy)
+        ctx.set_materialize_grads(False)
+        return logps, entropy
+
+    @staticmethod
+    def backward(ctx, g_lp: Tensor | None, g_ent: Tensor | None):
+        logits, logz, targets, entropy = ctx.saved_tensors
+        if g_lp is None and g_ent is None:
+            return None, None
+        logp = torch.sub(logits, logz.unsqueeze(-1))
+        p = logp.exp()
+        grad = None
+        if g_ent is not None:
+            grad = logp.add_(entropy.unsqueeze(-1)).mul_(p).mul_(-g_ent.unsqueeze(-1))
+        if g_lp is not None:
+            g = g_lp.unsqueeze(-1)
+            grad = p.mul_(-g) if grad is None else grad.sub_(p.mul_(g))
+            grad.scatter_add_(-1, targets.unsqueeze(-1), g)
+        return grad, None
+
+
 def _chunk_logps(head, hidden: Tensor, targets: Tensor, softcap: float | None, temperature: float,
                  with_entropy: bool) -> tuple[Tensor, Tensor]:
     logits = head(hidden).float()
@@ -48,10 +85,7 @@ def _chunk_logps(head, hidden: Tensor, targets: Tensor, softcap: float | None, t
     if not with_entropy:
         logps = _TargetLogp.apply(logits, targets)
         return logps, torch.zeros_like(logps)
-    logz = torch.logsumexp(logits, dim=-1)
-    logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
-    probs = torch.softmax(logits, dim=-1)
-    return logps, logz - (probs * logits).sum(-1)
+    return _TargetLogpEntropy.apply(logits, targets)
 
 
 LOGITS_PER_CHUNK = 1 << 25  # 32M float32 logits = 128 MiB per chunk when chunk_size is 0 (auto)

@@ -8,7 +8,7 @@ across rows. Every other call (a padded batch, generation with a KV cache) goes 
 path unchanged, so the same model still generates. Flash-attention varlen kernels do the same on GPUs;
 this is the CPU (and any-device) version.
 
-Right-padded batches (SFT without packing): called with `attention_mask=None` and `row_lengths` (the real
+Right-padded batches (SFT with `padding_free: false`, or a model `core.unpad` does not cover): called with `attention_mask=None` and `row_lengths` (the real
 tokens of each row, a list of ints passed through the decoder's kwargs), each row's attention runs over its
 real tokens only, causal, instead of `[T, T]` per row under a padding mask; padding positions get output 0.
 

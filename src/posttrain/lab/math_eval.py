@@ -15,6 +15,7 @@ after the last "answer is" / "####", else its last number) equals the gold answe
 | `len_correct`, `len_wrong`         | mean tokens of correct / wrong sampled completions (None if none)     |
 | `shows_work`                       | share of sampled completions that work step by step (`shows_work`)    |
 | `n`, `k`                           | problems and samples per problem                                      |
+| `len_greedy`, `examples` (k = 0)   | mean tokens of the greedy completions; the first `EXAMPLES` of them   |
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ PLAIN = "{prompt}\n"
 R1_ZERO = "{prompt}\nLet's think step by step.\n"
 LEVEL_FILES = {1: "builtin:arith_test", 2: "builtin:arith_test", 3: "builtin:arith_hard"}
 MAX_NEW_TOKENS = 112
+EXAMPLES = 5             # greedy texts kept per level when k = 0
 
 
 def rows_by_level(n: int, levels: tuple[int, ...] = (1, 2, 3)) -> dict[int, list[dict]]:
@@ -75,11 +77,14 @@ def math_eval(model, tok, levels: dict[int, list[dict]], *, template: str = PLAI
     for level, rows in levels.items():
         prompts = [encode_prompt({"prompt": [{"role": "user", "content": _user_text(r)}]}, tok) if chat
                    else template.format(prompt=_user_text(r)) for r in rows]
-        greedy = backend.generate(prompts, n=1, params=SamplingParams(max_new_tokens=max_new_tokens,
-                                                                      temperature=0.0, seed=seed)).texts
-        if k == 0:   # greedy only
+        g = backend.generate(prompts, n=1, params=SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0,
+                                                                 seed=seed))
+        greedy = g.texts
+        if k == 0:   # greedy only, with its completion tokens and the first few texts
             out[f"L{level}"] = {"greedy": _mean(is_correct(t, r["answer"]) for r, t in zip(rows, greedy)),
-                                "n": len(rows), "k": 0}
+                                "len_greedy": _mean(len(c) for c in g.completion_ids), "n": len(rows), "k": 0,
+                                "examples": [{"prompt": _user_text(r), "answer": str(r["answer"]), "completion": t}
+                                             for r, t in zip(rows[:EXAMPLES], greedy)]}
             continue
         ro = backend.generate(prompts, n=k, params=SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0,
                                                                   seed=seed + level))

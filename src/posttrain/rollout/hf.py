@@ -81,7 +81,7 @@ def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generat
         tokens = logits.argmax(dim=-1)
         logps = torch.log_softmax(logits, dim=-1)
     else:
-        scaled = logits / params.temperature
+        scaled = logits / params.temperature if params.temperature != 1.0 else logits   # x / 1 == x exactly
         logps = torch.log_softmax(scaled, dim=-1)
         probs = filter_top_k_top_p(scaled, params.top_k, params.top_p).softmax(dim=-1)
         tokens = draw(probs, generator, u)
@@ -318,20 +318,26 @@ class HFBackend:
         del pre
         keys = torch.zeros((ids.shape[0] * n, 1, 1, width + budget), dtype=hidden.dtype, device=self.device)
         keys[:, 0, 0, :width].masked_fill_(mask.repeat_interleave(n, dim=0) == 0, float("-inf"))  # additive
-        pos = mask.sum(-1).repeat_interleave(n)[:, None]                       # next position of each row
+        pos = mask.sum(-1).repeat_interleave(n)                                # next position of each row
         total = rows = torch.arange(keys.shape[0], device=self.device)
-        out_tok = torch.full((len(total), budget), self.pad_id, dtype=torch.long, device=self.device)
-        out_lp = torch.zeros((len(total), budget), dtype=torch.float32, device=self.device)
+        full = True                                                            # no row dropped yet
+        us = None if streams is None else streams.t().contiguous()              # [step, row]: a row per step
+        out_tok = torch.full((budget, len(total)), self.pad_id, dtype=torch.long, device=self.device)
+        out_lp = torch.zeros((budget, len(total)), dtype=torch.float32, device=self.device)
         length = torch.full((len(total),), budget, dtype=torch.long, device=self.device)
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
         stopper = _StopStrings(self.tokenizer, params.stop)
         for step in range(budget):
-            u = None if streams is None else streams[rows.cpu(), step]
+            u = None if us is None else us[step] if full else us[step].index_select(0, rows.cpu())
             tokens, lps = sample_next(logits, params, generator, u)
-            out_tok[rows, step], out_lp[rows, step] = tokens, lps
-            done = torch.isin(tokens, eos)
+            if full:
+                out_tok[step], out_lp[step] = tokens, lps
+            else:
+                out_tok[step].index_copy_(0, rows, tokens)
+                out_lp[step].index_copy_(0, rows, lps)
+            done = tokens == eos[0] if len(eos) == 1 else torch.isin(tokens, eos)
             if stopper.stop:
-                done |= torch.tensor([stopper.hit(out_tok[r, :step + 1].tolist()) for r in rows.tolist()],
+                done |= torch.tensor([stopper.hit(out_tok[:step + 1, r].tolist()) for r in rows.tolist()],
                                      device=self.device)
             if step == budget - 1:
                 break
@@ -340,11 +346,13 @@ class HFBackend:
                 if bool(done.all()):
                     break
                 keep = torch.nonzero(~done).squeeze(1)
-                rows, tokens, keys, pos = rows[keep], tokens[keep], keys[keep], pos[keep]
+                rows, tokens, keys, pos, full = rows[keep], tokens[keep], keys[keep], pos[keep], False
                 cache = [(k[keep], v[keep]) for k, v in cache]
             slot = width + step
-            hidden = lean.forward(tokens[:, None], pos, cache, slot, keys[..., :slot + 1])
-            logits = lean.logits(hidden[:, -1])
+            hidden = lean.step(tokens, lean.rope(pos)[:, None], lean.rope(pos, sin=True)[:, None], cache, slot,
+                               keys[..., :slot + 1])
+            logits = lean.logits(hidden)
             pos = pos + 1
         n_tok = length.tolist()
-        return ([r[:k] for r, k in zip(out_tok.tolist(), n_tok)], [r[:k] for r, k in zip(out_lp.tolist(), n_tok)])
+        return ([r[:k] for r, k in zip(out_tok.t().tolist(), n_tok)],
+                [r[:k] for r, k in zip(out_lp.t().tolist(), n_tok)])

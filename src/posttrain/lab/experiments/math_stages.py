@@ -129,6 +129,13 @@ def rounds(run_dir: str) -> list[dict]:
     return out
 
 
+def gradient_steps(run_dir: str) -> int:
+    """GRPO steps with a policy gradient: some group's rewards differ (`frac_zero_std_groups` < 1); with no KL
+    (beta 0) a step whose every group has equal rewards has all advantages 0, so its gradient is exactly zero."""
+    rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    return sum(1 for r in rows if r.get("frac_zero_std_groups", 1.0) < 1.0)
+
+
 def eval_curve(run_dir: str) -> list[dict]:
     """`{"step", "accuracy"}` of the trainer's greedy held-out evaluations (`eval/reward/math/mean`)."""
     rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))

@@ -23,7 +23,7 @@ import os
 
 from posttrain.lab.experiments.common import Context, change, fmt, fmt_change, md_table, pyplot, rate_se, save_figure
 from posttrain.lab.experiments.math_stages import (
-    FORMAT, GRPO_MATH, MATH, base_eval, eval_curve, evaluate_math, grpo, quarter, rounds, sft)
+    FORMAT, GRPO_MATH, MATH, base_eval, eval_curve, evaluate_math, gradient_steps, grpo, quarter, rounds, sft)
 from posttrain.lab.math_eval import PLAIN, R1_ZERO
 
 AGGREGATIONS = {"grpo": {"loss_type": "grpo"}, "dr_grpo": {"loss_type": "dr_grpo", "scale_rewards": False},
@@ -61,7 +61,8 @@ def run(ctx: Context) -> dict:
 
 def real_arm(ctx: Context) -> dict:
     """GRPO from SmolLM2-135M-Instruct with its chat template; held-out greedy accuracy before and after
-    (`REAL_EVAL`). Run once per OUT and kept in `OUT/reasoning/real-<mode>.json` (reused unless --fresh)."""
+    (`REAL_EVAL`). Run once per OUT and kept in `OUT/reasoning/real-<mode>.json` (reused unless --fresh).
+    `train_s`, `eval_s` (the evaluation before training): wall seconds; `cpu_s`: the process's CPU seconds."""
     import json
     import time
 
@@ -76,13 +77,16 @@ def real_arm(ctx: Context) -> dict:
     except FileNotFoundError as e:
         ctx.log(f"real-model arm skipped: {e}")
         return {"status": "unavailable", "reason": str(e)}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     before = evaluate_math(ctx, path, chat=True, gguf_file=GGUF, sizes=REAL_EVAL)
     eval_s = time.perf_counter() - t0
     after_path = grpo(ctx, "real_smollm2", path, REAL)
-    out = {"status": "ran", "before": before, "after": evaluate_math(ctx, after_path, chat=True, sizes=REAL_EVAL),
-           "rounds": rounds(os.path.dirname(after_path)), "train_s": ctx.timings.get("real_smollm2"),
-           "eval_s": round(eval_s, 1), "settings": {k: v for k, v in REAL.items() if k != "data.eval"}}
+    run_dir = os.path.dirname(after_path)
+    out = {"status": "ran", "seed": ctx.seed, "before": before,
+           "after": evaluate_math(ctx, after_path, chat=True, sizes=REAL_EVAL), "rounds": rounds(run_dir),
+           "gradient_steps": gradient_steps(run_dir), "train_s": ctx.timings.get("real_smollm2"),
+           "eval_s": round(eval_s, 1), "cpu_s": round(time.process_time() - cpu0, 1),
+           "settings": {k: v for k, v in REAL.items() if k != "data.eval"}}
     with open(cached, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=2)
     return out
@@ -162,10 +166,22 @@ def report(results: dict) -> str:
     if results.get("real", {}).get("status") == "unavailable":
         parts.append(f"## Real model\n\nNot run: {results['real']['reason']}")
     elif "real" in results:
-        r = results["real"]
-        parts.append("## Real model: GRPO from SmolLM2-135M-Instruct\n\n" + md_table(
-            [["", "L1 greedy", "L2 greedy", "L3 greedy"]]
-            + [[when, *[r[when][f"L{lv}"]["greedy"] for lv in (1, 2, 3)]] for when in ("before", "after")])
-            + f"\n\n{len(r['rounds'])} steps in {fmt(r['train_s'], 0)} s.")
+        parts.append(real_report(results["real"]))
     parts.append("![reasoning](plots/reasoning.png)")
     return "\n\n".join(parts)
+
+
+def real_report(r: dict) -> str:
+    """The real-model arm's section: greedy accuracy per level before and after (± 2 SE of each proportion),
+    greedy completion tokens, and what training saw (samples correct, steps with a gradient)."""
+    rows = [["", *[f"L{lv} greedy" for lv in (1, 2, 3)], "greedy tokens L1 / L2 / L3"]]
+    for when in ("before", "after"):
+        levels = [r[when][f"L{lv}"] for lv in (1, 2, 3)]
+        rows.append([when, *[f"{m['greedy']:.2f} ± {2 * rate_se(m['greedy'], m['n']):.2f}" for m in levels],
+                     " / ".join(fmt(m.get("len_greedy"), 0) for m in levels)])
+    n = sum(x["n"] for x in r["rounds"])
+    correct = sum(x["n_correct"] for x in r["rounds"])
+    grad = r.get("gradient_steps")
+    return ("## Real model: GRPO from SmolLM2-135M-Instruct\n\n" + md_table(rows)
+            + f"\n\n{len(r['rounds'])} steps in {fmt(r['train_s'], 0)} s of wall time; {correct} of {n} samples "
+            f"correct" + ("" if grad is None else f"; {grad} steps with a gradient") + ".")
