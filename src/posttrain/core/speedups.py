@@ -6,7 +6,9 @@ One more where the algorithm asks for it (`Algorithm.onednn_linear`, on for the 
 `nn.Linear` layers on a CPU run their matmuls on oneDNN instead of MKL (`core/fast_linear.py`: ~2x the
 GFLOP/s on AMD CPUs, where MKL takes its AVX2 path); values then agree with MKL's to float rounding, not bit
 for bit, which is why the offline algorithms, whose benchmarks check losses to 6 digits against TRL's, keep
-MKL for now."""
+MKL for now. (SFT was tried with it: its loss checks held to 6 digits and CPU per step fell ~1.5x, but the
+process's RSS grew step after step as the token count changed (a new oneDNN primitive per shape; fixed shapes
+plateau): peak RSS 1.24x TRL's on tiny-llama-l, 1.59x on tiny-llama; bench/README.md, SFT padding_free.)"""
 from __future__ import annotations
 
 from torch import nn
