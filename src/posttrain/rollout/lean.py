@@ -191,7 +191,7 @@ class LeanLlama:
             vc[:, :, slot] = qkv[:, h + kv:]
             att = F.scaled_dot_product_attention(qk[:, :h, None], kc[:, :, :slot + 1], vc[:, :, :slot + 1],
                                                  attn_mask=mask, scale=L["scale"], enable_gqa=h != kv)
-            x = x + L["o"](att.view(b, h * d))
+            x = x + L["o"](att.reshape(b, h * d))   # a view at T = 1 (no copy)
             gate, up = L["gu"](_rms(x, L["ln2"], self.eps)).chunk(2, dim=-1)
             x = x + L["down"](F.silu(gate) * up)
         return _rms(x, self.norm, self.eps)
