@@ -3,6 +3,7 @@ reasoning / sft_vs_dft experiments over two seeds into one `all` report (quick s
 import json
 import math
 import random
+import re
 
 import pytest
 
@@ -28,13 +29,19 @@ def test_worked_answers_are_right_in_every_style_and_wrong_with_a_mistake():
     rng = random.Random(3)
     for _ in range(300):
         p = make_problem(rng, rng.choice((1, 2, 3)))
-        for style in ("columns", "compact"):
+        for style in ("columns", "compact", "places"):
             text = worked(p, rng, style=style, opener="Solution:")
             assert text.endswith(f"The answer is {p.answer}.") and is_correct(text, p.answer) and shows_work(text)
             assert not is_correct(worked(p, rng, style=style, mistake=True), p.answer)
     p = ArithmeticProblem(2, (47, 38, 19), ("+", "-"))
     assert demonstration(p) == "47+38: 7+8=15 carry 1, 4+3+1=8 so 85\n85-19: 15-9=6 borrow 1, 8-1-1=6 so 66\n" \
                                "The answer is 66."
+    # places: each operand restated digit by digit at the columns' width (9 -> "0 tens 9 ones"), then the columns
+    assert worked(ArithmeticProblem(1, (59, 9), ("-",)), style="places") == \
+        "59 - 9: 59 is 5 tens 9 ones, 9 is 0 tens 9 ones; 9-9=0, 5-0=5 so 50\nThe answer is 50."
+    assert worked(ArithmeticProblem(1, (95, 7), ("+",)), style="places").startswith(
+        "95 + 7: 95 is 9 tens 5 ones, 7 is 0 tens 7 ones; 5+7=12 carry 1, 9+0+1=10 carry 1 so 102")
+    assert worked(ArithmeticProblem(1, (6, 3), ("*",)), style="places") == "6 * 3: 6,12,18 so 18\nThe answer is 18."
 
 
 def test_final_answer_prefers_the_marked_answer_then_the_last_number():
@@ -54,7 +61,9 @@ def test_math_web_keeps_held_out_problems_out_and_mixes_the_forms():
     firsts = [d.split("\n", 1)[0] for d in docs]
     assert not held_out & set(firsts)
     arith = [d for d in docs if _is_arith(d)]
-    assert 0.7 < len(arith) / len(docs) < 0.9                          # 80 % arithmetic
+    assert 0.84 < len(arith) / len(docs) < 0.96                        # 90 % arithmetic
+    one_digit = [d for d in arith if not re.search(r"\d\d", d.split("\n", 1)[0])]
+    assert 0.1 < len(one_digit) / len(arith) < 0.35                    # ~20 % one-digit problems (+ a few products)
     worked_share = sum("carry" in d or "borrow" in d or "ones" in d for d in arith) / len(arith)
     assert 0.2 < worked_share < 0.6
     rows = demo_rows(world.arith_train[:3])
@@ -142,12 +151,13 @@ def test_small_pretrain_quick_measures_and_the_cli_prints_it(tmp_path, monkeypat
 
     monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path / "cache"))
     m = pretrain_small(str(tmp_path / "small"), quick=True)
-    assert set(m) == {"n", "k", "plain", "r1_zero"} and set(m["plain"]) == {"L1", "L2", "L3"}
+    assert set(m) == {"n", "k", "plain", "r1_zero", "pretrain"} and set(m["plain"]) == {"L1", "L2", "L3"}
+    assert m["pretrain"]["steps"] == 6 and 0 < m["pretrain"]["cpu_s"]
     assert 0.0 <= m["plain"]["L2"]["greedy"] <= m["plain"]["L2"]["pass@2"] <= 1.0 or m["plain"]["L2"]["greedy"] == 1
     assert json.loads((tmp_path / "small" / "base_eval.json").read_text()) == m
     assert main(["--size", "small", "--out", str(tmp_path / "small")]) == 0
     out = capsys.readouterr().out
-    assert "already built" in out and "pass@2" in out and "r1_zero" in out
+    assert "already built" in out and "pass@2" in out and "r1_zero" in out and "pretraining: 6 steps" in out
 
 
 def test_all_writes_one_report_over_experiments_run_with_two_seeds(tiny_model_dir, tmp_path, monkeypatch, capsys):

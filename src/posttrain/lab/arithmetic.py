@@ -110,19 +110,21 @@ def _apply(a: int, op: str, b: int) -> int:
     raise ValueError(f"unknown arithmetic operator {op!r}; expected one of + - *")
 
 
-def make_problem(rng: random.Random, level: int) -> ArithmeticProblem:
-    """One random problem of `level` (a key of `LEVELS`)."""
+def make_problem(rng: random.Random, level: int, max_operand: int | None = None) -> ArithmeticProblem:
+    """One random problem of `level` (a key of `LEVELS`); `max_operand` caps the `+`/`-` operands below the
+    level's (the math web's one-digit problems), the same draws otherwise."""
     if level not in LEVELS:
         raise ValueError(f"unknown arithmetic level {level!r}; expected one of {sorted(LEVELS)}")
     spec = LEVELS[level]
+    top = spec.max_operand if max_operand is None else min(max_operand, spec.max_operand)
     ops = tuple(rng.choice(spec.ops) for _ in range(spec.n_ops))
     if ops == ("*",):
         operands = (rng.randint(2, 9), rng.randint(2, 12))
     else:
-        acc = rng.randint(0, spec.max_operand)
+        acc = rng.randint(0, top)
         operands = [acc]
         for op in ops:
-            x = rng.randint(0, acc if op == "-" else spec.max_operand)
+            x = rng.randint(0, acc if op == "-" else top)
             operands.append(x)
             acc = _apply(acc, op, x)
         operands = tuple(operands)

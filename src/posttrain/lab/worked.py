@@ -17,7 +17,7 @@ from .arithmetic import ArithmeticProblem, _apply
 PLACES = ("ones", "tens", "hundreds", "thousands")
 OPENERS = ("Let's think step by step.", "Work it out digit by digit.", "Solution:", "")
 ANSWER = "The answer is {n}."
-STYLES = ("columns", "compact")
+STYLES = ("columns", "compact", "places")
 _MARKED = re.compile(r"(?:answer is|answer:|####)\s*(-?\d+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d+")
 
@@ -81,6 +81,21 @@ def skip_count(a: int, b: int, compact: bool = False) -> tuple[list[str], int]:
     return [(", " if not compact else ",").join(str(a * k) for k in range(1, b + 1))], a * b
 
 
+def places(x: int, width: int) -> str:
+    """`x` restated digit by digit, highest place first: places(47, 2) -> "4 tens 7 ones";
+    places(5, 2) -> "0 tens 5 ones" (the zero a column sum reads)."""
+    return " ".join(f"{d} {PLACES[i]}" for i, d in reversed(list(enumerate(_digits(x, width)))))
+
+
+def restated(a: int, op: str, b: int) -> str:
+    """The operands of `a op b` digit by digit at the width the columns use ("" for a product):
+    47 + 38 -> "47 is 4 tens 7 ones, 38 is 3 tens 8 ones; "."""
+    if op == "*":
+        return ""
+    width = len(str(max(a, b))) if op == "+" else len(str(a))
+    return f"{a} is {places(a, width)}, {b} is {places(b, width)}; "
+
+
 def step_clauses(a: int, op: str, b: int, *, mistake: bool = False, compact: bool = False
                  ) -> tuple[list[str], int]:
     """The worked clauses of one operation and its result (a forgotten carry or borrow when `mistake`)."""
@@ -99,7 +114,9 @@ def worked(problem: ArithmeticProblem, rng: random.Random | None = None, *, styl
     """A worked answer: an optional opener, one block per operation, then "The answer is N.".
 
     `columns`: "47 + 38: ones: 7 + 8 = 15, write 5, carry 1. tens: ... So 47 + 38 = 85." per step;
-    `compact`: "47+38: 7+8=15 carry 1, 4+3+1=8 so 85" per step. With `mistake`, the last step forgets its
+    `compact`: "47+38: 7+8=15 carry 1, 4+3+1=8 so 85" per step; `places`: the operands restated digit by
+    digit first, then the compact columns: "47 + 38: 47 is 4 tens 7 ones, 38 is 3 tens 8 ones; 7+8=15 carry 1,
+    4+3+1=8 so 85". With `mistake`, the last step forgets its
     carry or borrow (a product counts one step too far; a step with nothing to forget slips by ten), so the
     final answer is wrong. `rng` is accepted for callers that draw styles; the answer itself is deterministic."""
     if style not in STYLES:
@@ -108,11 +125,13 @@ def worked(problem: ArithmeticProblem, rng: random.Random | None = None, *, styl
     wrong_at = len(steps) - 1 if mistake else -1
     lines, acc = ([opener] if opener else []), problem.operands[0]
     for i, (_, op, b, _) in enumerate(steps):
-        clauses, r = step_clauses(acc, op, b, mistake=i == wrong_at, compact=style == "compact")
+        clauses, r = step_clauses(acc, op, b, mistake=i == wrong_at, compact=style != "columns")
         if i == wrong_at and r == _apply(acc, op, b):
             r += 10      # nothing to forget in this step: a slip of one ten instead
         if style == "columns":
             lines.append(f"{acc} {op} {b}: " + ". ".join(clauses) + f". So {acc} {op} {b} = {r}.")
+        elif style == "places":
+            lines.append(f"{acc} {op} {b}: {restated(acc, op, b)}" + ", ".join(clauses) + f" so {r}")
         else:
             lines.append(f"{acc}{op}{b}: " + ", ".join(clauses) + f" so {r}")
         acc = r

@@ -6,7 +6,7 @@ beat SFT, and does the chain of thought grow longer?
                   └─ GRPO, R1-Zero template ("Let's think step by step."), exact answer + format reward:
                         r1zero_grpo | r1zero_dr_grpo | r1zero_dapo   (the three token-loss aggregations)
 
-Every arm starts from `builtin:small` (a 2.0M-parameter Llama pretrained on a web with worked, bare and wrong
+Every arm starts from `builtin:small` (a 2.2M-parameter Llama pretrained on a web with worked, bare and wrong
 arithmetic) and trains on the same prompts (`builtin:arith_train`, levels 1-2); the math reward is the library's
 `math` reward on the final number. Measured at the end on held-out problems of levels 1, 2 and the harder
 level 3: greedy accuracy, pass@k at T = 1, completion tokens of correct and wrong samples, the share that
