@@ -236,6 +236,10 @@ def test_inverse_cdf_draw_matches_the_categorical_distribution():
     torch.testing.assert_close(counts, probs[0], atol=0.01, rtol=0)  # 4 sigma of a binomial(40000, 0.5) is 0.01
     one_hot = torch.zeros(3, 7).index_fill_(1, torch.tensor([6]), 1.0)
     assert draw(one_hot, torch.Generator().manual_seed(1)).tolist() == [6, 6, 6]
+    # u * total rounding up to the total lands on the last token with mass, never on the zero-mass tail
+    tail = torch.tensor([[0.2, 0.8, 0.0, 0.0], [0.0, 0.0, 0.3, 0.0]])
+    assert draw(tail, u=torch.tensor([1.0, 1.0])).tolist() == [1, 2]
+    assert draw(tail, u=torch.tensor([0.0, 0.0])).tolist() == [0, 2]
 
 
 def test_greedy_tokens_equal_transformers_generate(tiny, prompts):

@@ -8,8 +8,7 @@
 Padded batches (`data.packing: false`) are computed on their real tokens only by default (`padding_free`,
 `core/unpad.py`): the batch's rows run as one packed row with attention per row, so no embedding, linear or
 MLP works on a padding position; the loss and gradients are the padded computation's. Models it does not
-cover run the padded forward with attention over each row's real tokens (`row_lengths`). On a CPU the
-float32 linear layers run on oneDNN (`onednn_linear`, `core/fast_linear.py`).
+cover run the padded forward with attention over each row's real tokens (`row_lengths`).
 """
 from __future__ import annotations
 
@@ -40,9 +39,6 @@ CONFIG = SFTConfig
 class SFT(Algorithm):
     name = "sft"
     plot_keys = ("loss", "eval/loss", "nll", "grad_norm", "lr", "tokens_per_s")
-    # float32 CPU matmuls on oneDNN (core/fast_linear.py): ~1.5x less CPU per step here; the bench's loss
-    # checks against TRL stay equal to 6 digits (bench/README.md, "SFT: ... padding_free")
-    onednn_linear = True
 
     def __init__(self, cfg: SFTConfig):
         if cfg.loss not in SFT_LOSSES:

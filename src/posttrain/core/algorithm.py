@@ -21,7 +21,7 @@ class Algorithm:
     # ratios across passes, a reward model's scores. TRL disables dropout in these trainers too.
     dropout: bool = True
     # True: float32 `nn.Linear` layers on a CPU run on oneDNN (`core/fast_linear.py`; equal to MKL's results to
-    # float rounding, ~2x faster on AMD CPUs). The online algorithms and SFT turn it on; see `core/speedups.py`.
+    # float rounding, ~2x faster on AMD CPUs). The online algorithms turn it on; see `core/speedups.py`.
     onednn_linear: bool = False
 
     def setup(self, engine) -> None:

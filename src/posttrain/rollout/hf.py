@@ -66,8 +66,9 @@ def draw(probs: Tensor, generator: torch.Generator | None = None, u: Tensor | No
         u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
     else:
         u = u.to(device=probs.device, dtype=cdf.dtype).view(-1, 1)
-    top = (cdf < cdf[:, -1:]).sum(-1, keepdim=True)  # where the mass reaches its total (u * total may round up)
-    return torch.minimum(torch.searchsorted(cdf, u * cdf[:, -1:], right=True), top).squeeze(1)
+    total = cdf[:, -1:].contiguous()
+    top = torch.searchsorted(cdf, total)  # where the mass reaches its total (u * total may round up): the count
+    return torch.minimum(torch.searchsorted(cdf, u * total, right=True), top).squeeze(1)   # of cdf < total
 
 
 def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None,

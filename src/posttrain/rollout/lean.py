@@ -17,7 +17,10 @@ At these sizes each torch call costs about what its arithmetic does (~2-10 us), 
 `LeanLlama.step` (one token per row, kept in [B, heads, D]: no query axis to transpose in and out, the
 attention output a view), RMSNorm without its no-op casts and rotary as one `roll` against a sign-folded sin
 table (`_rotate`), the same values bit for bit (tests); with per-step rather than per-row bookkeeping in
-`hf._lean_chunk` this cut ~7% of the CPU time of a bench generate (2 x 8 rows, 128 tokens, 1 thread).
+`hf._lean_chunk` this cut the per-step call overhead by ~15-20% (a model of the bench's shape with tiny widths,
+where the calls are all the cost: 1.30 -> 1.01-1.12 ms CPU per decode step) and ~4-7% of the CPU time of a
+bench generate (2 x 8 rows, 128 tokens, 1 thread; busy machine, noisy). That overhead is the serial part of
+a decode step on 2 threads.
 
 Supported (`lean_supported`): `model_type` llama, mistral or qwen2 (q/k/v biases and MLP biases are
 handled), plain `nn.Linear` projections and head (no PEFT wrapper, no quantised layers, no DTensor
@@ -191,7 +194,7 @@ class LeanLlama:
             vc[:, :, slot] = qkv[:, h + kv:]
             att = F.scaled_dot_product_attention(qk[:, :h, None], kc[:, :, :slot + 1], vc[:, :, :slot + 1],
                                                  attn_mask=mask, scale=L["scale"], enable_gqa=h != kv)
-            x = x + L["o"](att.view(b, h * d))
+            x = x + L["o"](att.reshape(b, h * d))   # a view at T = 1 (no copy)
             gate, up = L["gu"](_rms(x, L["ln2"], self.eps)).chunk(2, dim=-1)
             x = x + L["down"](F.silu(gate) * up)
         return _rms(x, self.norm, self.eps)
