@@ -52,13 +52,14 @@ def test_lora_on_gguf_smollm2_leaves_a_final_that_loads(tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     from posttrain.algorithms.sft import run
+    from posttrain.lab.builtin import resolve_config
 
     data = write_sft_jsonl(tmp_path / "d.jsonl", n=8)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cfg = load_config(SFTConfig, os.path.join(root, "recipes", "sft-smollm2.yaml"),
                       [f"output_dir={tmp_path}/out", "max_steps=2", "batch_size=2", "grad_accum=1", "lora.r=4",
                        f"data.train={data}", "report_to=[]", "save_steps=1", "max_length=64", "threads=2"])
-    run(cfg)
+    run(resolve_config(cfg))  # builtin:smollm2 -> the package's folder, as the CLI does
     assert "merged into the de-quantised GGUF base" in capsys.readouterr().err
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out" / "final"))
     assert model.num_parameters() > 100_000_000
