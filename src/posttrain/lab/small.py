@@ -4,7 +4,8 @@ A Llama of `SMALL_SIZE` (hidden 192, 4 layers, 6 heads of 32 with 6 KV heads, ML
 parameters with its 1024-token digit-split BPE tokenizer), pretrained from random weights on `WEB_DOCS` documents
 of the math web with the SFT trainer (loss on every token, padding-free packing: a step is 32 documents, ~1.7k
 tokens; 2 000 steps ~ 1.6 epochs, ~11 CPU-minutes in all on one core), then measured (`base_eval.json` in its
-folder): greedy accuracy and pass@16 at T = 1 on held-out problems of levels 1, 2 and 3 (`math_eval`).
+folder): greedy accuracy and pass@16 at T = 1 on held-out problems of levels 1, 2 and 3 (`math_eval`), and
+under `pretrain` what the build cost (steps, this process's CPU seconds, wall seconds).
 
 Built once per world version under a file lock (like `builtin:tiny`) into the cache:
 `posttrain lab pretrain --size small` builds it (or prints where it is) and prints the measured table.
