@@ -47,6 +47,9 @@ def test_worked_answers_are_right_in_every_style_and_wrong_with_a_mistake():
 def test_final_answer_prefers_the_marked_answer_then_the_last_number():
     assert final_answer("7+8=15 so 15\nThe answer is 15. Then 99") == 15
     assert final_answer("47 + 38 = 85") == 85 and final_answer("#### 12") == 12 and final_answer("no") is None
+    # a decimal is read whole, as the math reward reads it: "equals 0.24." is 0.24, not 24
+    assert final_answer("31 * 8 equals 0.24.") == 0.24 and not is_correct("31 * 8 equals 0.24.", 24)
+    assert final_answer("The answer is 24.0.") == 24 and is_correct("The answer is 24.0.", 24)
     assert not shows_work("The answer is 85.") and not shows_work("47 + 38 = 85")
     assert shows_work("7*3: 7,14,21 so 21") and shows_work("4 + 3 = 7\n7 + 1 = 8") and not shows_work("7*3 so 21")
 

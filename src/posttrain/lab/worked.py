@@ -18,8 +18,8 @@ PLACES = ("ones", "tens", "hundreds", "thousands")
 OPENERS = ("Let's think step by step.", "Work it out digit by digit.", "Solution:", "")
 ANSWER = "The answer is {n}."
 STYLES = ("columns", "compact", "places")
-_MARKED = re.compile(r"(?:answer is|answer:|####)\s*(-?\d+)", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d+")
+_MARKED = re.compile(r"(?:answer is|answer:|####)\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def _digits(x: int, width: int) -> list[int]:
@@ -143,14 +143,15 @@ def demonstration(problem: ArithmeticProblem) -> str:
     return worked(problem, style="compact")
 
 
-def final_answer(text: str) -> int | None:
+def final_answer(text: str) -> int | float | None:
     """The final answer of a completion: the number after the last "answer is" / "answer:" / "####", else
-    the last number in the text; None when there is no number."""
-    marked = _MARKED.findall(text)
-    if marked:
-        return int(marked[-1])
-    numbers = _NUMBER.findall(text)
-    return int(numbers[-1]) if numbers else None
+    the last number in the text; None when there is no number. A decimal is read whole, as the `math` reward
+    reads it: "0.24" is 0.24 (never equal to an integer answer), "24.0" is 24."""
+    found = _MARKED.findall(text) or _NUMBER.findall(text)
+    if not found:
+        return None
+    value = float(found[-1])
+    return int(value) if value.is_integer() else value
 
 
 def is_correct(text: str, answer: int | str) -> bool:
