@@ -1,6 +1,7 @@
 """float32 linears on oneDNN (`core.fast_linear`): F.linear's values and gradients to float rounding, the
 fallbacks, and which algorithms the engine switches."""
 import copy
+import os
 
 import pytest
 import torch
@@ -82,3 +83,14 @@ def test_online_algorithms_switch_offline_ones_do_not():
     from posttrain.core.algorithm import Algorithm
 
     assert GRPO.onednn_linear and not SFT.onednn_linear and not Algorithm.onednn_linear
+
+
+@pytest.mark.skipif(not onednn_available(), reason="no oneDNN in this torch build")
+def test_primitive_cache_is_bounded_unless_the_user_chose(monkeypatch):
+    # varying token counts would otherwise grow oneDNN's 1024-entry cache step after step (module comment)
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    onednn_linears(torch.nn.Linear(4, 3))
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "32"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
+    onednn_linears(torch.nn.Linear(4, 3))
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256"
