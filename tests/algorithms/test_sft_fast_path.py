@@ -31,13 +31,7 @@ def test_fast_logps_equal_plain_loss_and_gradients(tiny_model_dir, tmp_path, pac
         assert algo.varlen  # the default path of a plain causal model on sdpa
     norm = type("N", (), {"num_items": batch.num_items})()
     fast, _ = algo.loss(model, batch, norm)
-    fast.backward()
-    g_fast = _grads(model)
-    plain_lp = token_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids)
-    plain, _ = algo.loss_fn(plain_lp, batch.mask, batch.neg_mask, batch.num_items)
-    plain.backward()
-    g_plain = _grads(model)
-    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    g_fast, plain_lp, g_plain = _against_plain(algo, model, batch, fast)
     assert g_fast.keys() == g_plain.keys() and len(g_fast) == len(list(model.parameters()))
     for n in g_fast:
         torch.testing.assert_close(g_fast[n], g_plain[n], atol=1e-5, rtol=1e-5, msg=n)
@@ -48,6 +42,18 @@ def test_fast_logps_equal_plain_loss_and_gradients(tiny_model_dir, tmp_path, pac
     torch.testing.assert_close(lp[sel], plain_lp.detach()[sel], atol=1e-5, rtol=1e-5)
     assert torch.all(lp[~sel] == 0)
 
+
+
+def _against_plain(algo, model, batch, fast):
+    """Backward of the fast loss, then the plain padded computation (full forward, loss_fn) and its backward:
+    asserts the two losses agree within 1e-5 and returns (fast grads, plain log-probs, plain grads)."""
+    fast.backward()
+    g_fast = _grads(model)
+    plain_lp = token_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids)
+    plain, _ = algo.loss_fn(plain_lp, batch.mask, batch.neg_mask, batch.num_items)
+    plain.backward()
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    return g_fast, plain_lp, _grads(model)
 
 def _uneven_sft_jsonl(path):
     """Rows from 4 to ~60 tokens: a padded batch of them is mostly padding in its short rows."""
@@ -88,13 +94,7 @@ def test_unpadded_batch_equals_padded_loss_and_gradients(tiny_model_dir, tmp_pat
     norm = type("N", (), {"num_items": batch.num_items})()
     fast, _ = algo.loss(model, batch, norm)
     assert shapes == [(1, int(lengths.sum()))]  # one row holding the real tokens only, no padding position
-    fast.backward()
-    g_fast = _grads(model)
-    plain_lp = token_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids)
-    plain, _ = algo.loss_fn(plain_lp, batch.mask, batch.neg_mask, batch.num_items)
-    plain.backward()
-    g_plain = _grads(model)
-    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    g_fast, plain_lp, g_plain = _against_plain(algo, model, batch, fast)
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert g_fast.keys() == g_plain.keys() and len(g_fast) == len(trainable) and (lora == 0) == (
         len(trainable) == len(list(model.parameters())))
