@@ -59,8 +59,9 @@ class SFT(Algorithm):
         self.varlen = use_varlen(engine.model)
         if self.cfg.data.packing and self.varlen:
             engine.say("packing: attention runs per packed row (sdpa_varlen), no cross-row attention")
-        self.unpad = not self.cfg.data.packing and self.cfg.padding_free and can_unpad(engine.model, self.varlen)
-        if not self.cfg.data.packing and self.cfg.padding_free and not self.unpad:
+        wanted = self.cfg.padding_free and not self.cfg.data.packing
+        self.unpad = wanted and can_unpad(engine.model, self.varlen)
+        if wanted and not self.unpad:
             engine.say(f"padding_free: not for this model ({model_type(engine.model) or 'unknown type'}, "
                        f"attention {engine.model.config._attn_implementation}): padded batches run padded")
         self.examples, stats = self._build(self.cfg.data.train, "train")

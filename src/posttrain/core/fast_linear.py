@@ -79,7 +79,8 @@ def _forward(self: nn.Linear, x: Tensor) -> Tensor:
 # padding-free batches change their token count every step, so the cache (and the memory of each primitive)
 # grows step after step: GRPO's peak RSS on the bench went from ~0.76x to 1.07x TRL's. 32 holds the shapes one
 # step uses (each layer's few linears x forward / input grad / weight grad, shared by all layers): peak RSS
-# 1107 -> 965 MiB at an unchanged step time (bench/README.md). oneDNN reads the variable when it first builds a
+# over 20 GRPO steps 1107 -> 965 MiB at an unchanged step time; over 50 steps it still grows, to 1070-1180 MiB
+# against TRL's ~1050 (bench/README.md): a bound, not the whole fix. oneDNN reads the variable when it first builds a
 # primitive, so it is set before the first; a value the user set wins.
 PRIMITIVE_CACHE_CAPACITY = "32"
 

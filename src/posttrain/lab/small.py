@@ -57,7 +57,7 @@ def pretrain_small(out_dir: str, *, quick: bool = False, overrides: dict | None 
 
     from .math_eval import measure_base
 
-    started = time.perf_counter(), _cpu_s()
+    started = time.perf_counter(), time.process_time()
     work = out_dir + f".run{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     web = write_web(work, QUICK["docs"] if quick else WEB_DOCS)
@@ -77,7 +77,7 @@ def pretrain_small(out_dir: str, *, quick: bool = False, overrides: dict | None 
     for name in ("metrics.jsonl", "loss.png", "config.yaml"):
         if os.path.exists(os.path.join(work, "run", name)):
             shutil.copy(os.path.join(work, "run", name), os.path.join(final, f"pretrain-{name}"))
-    cost = {"steps": cfg.max_steps, "cpu_s": round(_cpu_s() - started[1], 1),
+    cost = {"steps": cfg.max_steps, "cpu_s": round(time.process_time() - started[1], 1),
             "wall_s": round(time.perf_counter() - started[0], 1)}
     measured = measure_base(final, n=QUICK["eval_n"] if quick else MEASURE["n"],
                             k=QUICK["eval_k"] if quick else MEASURE["k"])
@@ -104,13 +104,6 @@ def measured(folder: str) -> dict | None:
         return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-def _cpu_s() -> float:
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def _log(msg: str) -> None:
