@@ -1,6 +1,7 @@
 """float32 linears on oneDNN (`core.fast_linear`): F.linear's values and gradients to float rounding, the
 fallbacks, and which algorithms the engine switches."""
 import copy
+import math
 import os
 
 import pytest
@@ -8,25 +9,67 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from posttrain.core.fast_linear import _Linear, onednn_available, onednn_linears
+import posttrain.core.fast_linear as fl
+from posttrain.core.fast_linear import _Linear, bucket, onednn_available, onednn_linears
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="torch built without oneDNN")
 
 
+@pytest.mark.parametrize("rows", [(7, 3), (1,), (130,), (1000,), (2, 64)])   # odd counts, 3-D, on a bucket
 @pytest.mark.parametrize("bias", [True, False])
-def test_values_and_gradients_equal_f_linear(bias):
+def test_values_and_gradients_equal_f_linear(bias, rows):
+    up_scale = lambda r: math.prod(r) ** 0.5  # noqa: E731
     g = torch.Generator().manual_seed(0)
     w = torch.randn(24, 40, generator=g, requires_grad=True)
     b = torch.randn(24, generator=g, requires_grad=True) if bias else None
-    x = torch.randn(3, 7, 40, generator=g).transpose(0, 1).requires_grad_()   # strided input: copied first
-    up = torch.randn(7, 3, 24, generator=g)
+    x = torch.randn(*rows[::-1], 40, generator=g).transpose(0, len(rows) - 1).requires_grad_()   # 3-D: strided
+    up = torch.randn(*rows, 24, generator=g) / up_scale(rows)   # dW, db sum over the rows: O(1) whatever their count
     ref = F.linear(x, w, b)
     got = _Linear.apply(x, w, b)
-    assert got.shape == ref.shape == (7, 3, 24)
+    assert got.shape == ref.shape == (*rows, 24)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     params = (x, w) + ((b,) if bias else ())
     for r, q in zip(torch.autograd.grad((ref * up).sum(), params), torch.autograd.grad((got * up).sum(), params)):
         torch.testing.assert_close(q, r, atol=1e-5, rtol=1e-5)
+
+
+def test_bucket_sizes():
+    # multiples of 8 up to 128, then 16 sizes per octave: 129..136 -> 136, 2000 -> 2048 (q = 64), never fewer rows
+    assert [bucket(m) for m in (1, 8, 9, 127, 128, 129, 255, 256, 257, 1000, 2000, 2049)] == [
+        8, 8, 16, 128, 128, 136, 256, 256, 272, 1024, 2048, 2176]
+    sizes = [bucket(m) for m in range(1, 4097)]
+    assert all(m <= s <= m * 17 / 16 for m, s in zip(range(129, 4097), sizes[128:]))   # <= 6.25% extra rows
+    assert len(set(sizes)) == 16 + 16 * 5                                        # 16 below 128, 16 per octave above
+
+
+def test_shapes_onednn_sees_are_bounded(monkeypatch):
+    seen = []
+    real = fl._pointwise
+    monkeypatch.setattr(fl, "_pointwise", lambda a, w, b: seen.append((tuple(a.shape), tuple(w.shape))) or real(a, w, b))
+    lin = torch.nn.Linear(16, 8)
+    onednn_linears(lin)
+    counts = torch.randint(1500, 2600, (200,), generator=torch.Generator().manual_seed(0)).tolist()
+    for m in counts:   # 200 steps, each a new token count (a packed batch)
+        lin(torch.randn(m, 16, requires_grad=True)).sum().backward()
+    assert len(set(counts)) > 150 and len(seen) == 3 * len(counts)   # forward, input grad, weight grad each
+    assert len(set(seen)) == 3 * len({bucket(m) for m in counts}) <= 3 * 19   # 1536..2048 step 64, 2176..2688 step 128
+
+
+def test_reused_padded_input_is_not_stale():
+    # q/k/v read one input: its padded copy is made once; a changed input (in place, or a new one) is copied anew
+    w1, w2 = torch.randn(6, 5), torch.randn(7, 5)
+    x = torch.randn(11, 5)
+    torch.testing.assert_close(_Linear.apply(x, w1, None), F.linear(x, w1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_Linear.apply(x, w2, None), F.linear(x, w2), atol=1e-5, rtol=1e-5)
+    x.mul_(-2)
+    torch.testing.assert_close(_Linear.apply(x, w2, None), F.linear(x, w2), atol=1e-5, rtol=1e-5)
+    y = torch.randn(11, 5)
+    torch.testing.assert_close(_Linear.apply(y, w2, None), F.linear(y, w2), atol=1e-5, rtol=1e-5)
+    with torch.inference_mode():   # inference tensors: no version counter, so never reused
+        z = torch.randn(11, 5)
+        torch.testing.assert_close(_Linear.apply(z, w1, None), F.linear(z, w1), atol=1e-5, rtol=1e-5)
+        z.add_(1)
+        torch.testing.assert_close(_Linear.apply(z, w1, None), F.linear(z, w1), atol=1e-5, rtol=1e-5)
 
 
 def test_only_the_gradients_asked_for():
@@ -77,20 +120,27 @@ def test_fallbacks_run_the_module_own_forward(monkeypatch):
     assert calls == [1]
 
 
-def test_online_algorithms_switch_offline_ones_do_not():
+def test_every_algorithm_asks_and_the_cpu_decides(monkeypatch):
+    from posttrain.algorithms.dpo import DPO
     from posttrain.algorithms.grpo import GRPO
+    from posttrain.algorithms.reward_model import RewardModelTrainer as RewardModel
     from posttrain.algorithms.sft import SFT
     from posttrain.core.algorithm import Algorithm
+    from posttrain.core.speedups import speed_up
 
-    assert GRPO.onednn_linear and not SFT.onednn_linear and not Algorithm.onednn_linear
-
-
-@pytest.mark.skipif(not onednn_available(), reason="no oneDNN in this torch build")
-def test_primitive_cache_is_bounded_unless_the_user_chose(monkeypatch):
-    # varying token counts would otherwise grow oneDNN's 1024-entry cache step after step (module comment)
-    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
-    onednn_linears(torch.nn.Linear(4, 3))
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "32"
-    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
-    onednn_linears(torch.nn.Linear(4, 3))
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256"
+    assert all(a.onednn_linear for a in (Algorithm, SFT, DPO, RewardModel, GRPO))
+    monkeypatch.delenv(fl.ENV, raising=False)
+    for vendor, want in (("GenuineIntel", False), ("AuthenticAMD", True), ("", False)):
+        monkeypatch.setattr(fl, "cpu_vendor", lambda v=vendor: v)
+        assert fl.onednn_pays() is want
+        lin = torch.nn.Linear(4, 3)
+        speed_up(lin, onednn_linear=True)
+        assert ("forward" in vars(lin)) is want
+    monkeypatch.setenv(fl.ENV, "0")
+    assert not fl.onednn_pays()                      # AMD, forced off
+    monkeypatch.setattr(fl, "cpu_vendor", lambda: "GenuineIntel")
+    monkeypatch.setenv(fl.ENV, "1")
+    assert fl.onednn_pays()                          # Intel, forced on
+    monkeypatch.setenv(fl.ENV, "maybe")
+    with pytest.raises(ValueError, match="POSTTRAIN_ONEDNN_LINEAR: expected 1"):
+        fl.onednn_pays()

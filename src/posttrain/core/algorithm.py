@@ -20,9 +20,10 @@ class Algorithm:
     # Needed where the maths compares forwards: DPO's log-ratios (log 2 at the start), GRPO/PPO importance
     # ratios across passes, a reward model's scores. TRL disables dropout in these trainers too.
     dropout: bool = True
-    # True: float32 `nn.Linear` layers on a CPU run on oneDNN (`core/fast_linear.py`; equal to MKL's results to
-    # float rounding, ~2x faster on AMD CPUs). The online algorithms turn it on; see `core/speedups.py`.
-    onednn_linear: bool = False
+    # True: float32 `nn.Linear` layers on a CPU may run on oneDNN (`core/fast_linear.py`; equal to MKL's results
+    # to float rounding, ~2x faster on AMD CPUs); `fast_linear.onednn_pays` decides by CPU vendor (not on Intel,
+    # where MKL is as fast). Every algorithm asks; False keeps MKL whatever the CPU. See `core/speedups.py`.
+    onednn_linear: bool = True
 
     def setup(self, engine) -> None:
         """Build data, reference models, rollout backends; `engine.model`/`engine.tokenizer` exist."""

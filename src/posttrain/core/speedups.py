@@ -2,13 +2,14 @@
 Llama-style RMSNorm and rotary embeddings get hand-written backwards with fewer passes over the activations
 (`core/fast_norm.py`, `core/fast_rotary.py`; their tests compare values and gradients with autograd's).
 
-One more where the algorithm asks for it (`Algorithm.onednn_linear`, on for the online algorithms): float32
-`nn.Linear` layers on a CPU run their matmuls on oneDNN instead of MKL (`core/fast_linear.py`: ~2x the
-GFLOP/s on AMD CPUs, where MKL takes its AVX2 path); values then agree with MKL's to float rounding, not bit
-for bit, which is why the offline algorithms, whose benchmarks check losses to 6 digits against TRL's, keep
-MKL for now. (SFT was tried with it: its loss checks held to 6 digits and CPU per step fell ~1.5x, but the
-process's RSS grew step after step as the token count changed (a new oneDNN primitive per shape; fixed shapes
-plateau): peak RSS 1.24x TRL's on tiny-llama-l, 1.59x on tiny-llama; bench/README.md, SFT padding_free.)"""
+One more where the algorithm asks for it (`Algorithm.onednn_linear`, True for every built-in algorithm) and
+the CPU gains from it (`fast_linear.onednn_pays`: a non-Intel x86 CPU, or `POSTTRAIN_ONEDNN_LINEAR=1`):
+float32 `nn.Linear` layers on a CPU run their matmuls on oneDNN instead of MKL (`core/fast_linear.py`: ~2x the
+GFLOP/s on AMD CPUs, where MKL takes its AVX2 path; on Intel MKL was as fast or faster, so it stays). Values
+then agree with MKL's to float rounding, not bit for bit: the bench's loss checks against TRL (SFT first/final
+to 6 digits, DPO, RM) read the same with it forced on (bench/README.md, "oneDNN linears: bounded shapes").
+oneDNN sees each matmul's row count rounded up to a bucket, so its per-shape memory stays bounded while packed
+batches change their token count every step (it grew step after step before: peak RSS up to 1.6x TRL's)."""
 from __future__ import annotations
 
 from torch import nn
@@ -21,6 +22,7 @@ def speed_up(model: nn.Module, onednn_linear: bool = False) -> None:
     lean_rms_norms(model)
     lean_rotary(model)
     if onednn_linear:
-        from posttrain.core.fast_linear import onednn_linears
+        from posttrain.core.fast_linear import onednn_linears, onednn_pays
 
-        onednn_linears(model)
+        if onednn_pays():
+            onednn_linears(model)

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from posttrain.core.fast_linear import bucketed_linear
+
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 STATIC_ROPE = ("default", "linear", "llama3")
 _LAYER_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -90,8 +92,8 @@ class _Linear:
             self.bias = _cat_bias(*mods)
 
     def __call__(self, x: Tensor) -> Tensor:
-        if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        if self.packed is not None:   # row counts bucketed: a prefill's varying length adds no oneDNN shapes
+            return bucketed_linear(x, self.packed, self.bias)
         if len(self.parts) == 1:
             return F.linear(x, *self.parts[0])
         return torch.cat([F.linear(x, w, b) for w, b in self.parts], dim=-1)

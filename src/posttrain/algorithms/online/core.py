@@ -32,7 +32,6 @@ class OnlineAlgorithm(Algorithm):
                                  # the data holds it (text or messages, e.g. for a reward model's template)
     batch_class = RoundBatch     # the class of the round's batches (rebuilt on resume)
     dropout = False              # ratios between passes, and log-probs against a reference, must be exact
-    onednn_linear = True         # CPU float32 matmuls on oneDNN (core/fast_linear.py)
 
     def __init__(self, cfg: OnlineConfig, reward=None):
         """`reward`: a `RewardFn` or `CombinedReward` to use instead of the config's (tests, programmatic use)."""
