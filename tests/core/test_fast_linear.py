@@ -144,3 +144,14 @@ def test_every_algorithm_asks_and_the_cpu_decides(monkeypatch):
     monkeypatch.setenv(fl.ENV, "maybe")
     with pytest.raises(ValueError, match="POSTTRAIN_ONEDNN_LINEAR: expected 1"):
         fl.onednn_pays()
+
+
+@pytest.mark.parametrize("lead", [(3, 7), (16, 1), (1, 130)])   # the lean decode's prefill and step shapes
+def test_bucketed_linear_with_a_prepacked_weight(lead):
+    g = torch.Generator().manual_seed(2)
+    x, w, b = torch.randn(*lead, 40, generator=g), torch.randn(24, 40, generator=g), torch.randn(24, generator=g)
+    packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
+    with torch.inference_mode():
+        got = fl.bucketed_linear(x, packed, b)
+    assert got.shape == (*lead, 24)
+    torch.testing.assert_close(got, F.linear(x, w, b), atol=1e-5, rtol=1e-5)
