@@ -155,3 +155,12 @@ def test_bucketed_linear_with_a_prepacked_weight(lead):
         got = fl.bucketed_linear(x, packed, b)
     assert got.shape == (*lead, 24)
     torch.testing.assert_close(got, F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+
+
+def test_primitive_cache_is_capped_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    onednn_linears(torch.nn.Linear(4, 3))
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "32"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
+    onednn_linears(torch.nn.Linear(4, 3))
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256"

@@ -179,13 +179,13 @@ def _forward(self: nn.Linear, x: Tensor) -> Tensor:
     return _Linear.apply(x, self.weight, self.bias)
 
 
-# oneDNN keeps one compiled primitive per (op, shapes) in a process-wide cache of 1024 by default. Packed and
-# padding-free batches change their token count every step, so the cache (and the memory of each primitive)
-# grows step after step: GRPO's peak RSS on the bench went from ~0.76x to 1.07x TRL's. 32 holds the shapes one
-# step uses (each layer's few linears x forward / input grad / weight grad, shared by all layers): peak RSS
-# over 20 GRPO steps 1107 -> 965 MiB at an unchanged step time; over 50 steps it still grows, to 1070-1180 MiB
-# against TRL's ~1050 (bench/README.md): a bound, not the whole fix. oneDNN reads the variable when it first builds a
-# primitive, so it is set before the first; a value the user set wins.
+# oneDNN keeps compiled primitives in a process-wide cache (1024 by default) and, apart from it, memory for every
+# shape it has seen. The bound on that is `bucket` (module docstring); this cap only limits how many primitives
+# stay compiled: 32 holds the ~12 shapes of one step (a few linear widths x forward / input grad / weight grad,
+# shared by all layers) and a step or two of others. Measured with buckets, GRPO 80 steps, oneDNN forced, 1 thread
+# (bench/README.md, "oneDNN linears: bounded shapes"): peak RSS 905 MiB at 32, 949 at 1024, both flat after ~30
+# steps. oneDNN reads the variable when it first builds a primitive, so it is set before the first; a value the
+# user set wins.
 PRIMITIVE_CACHE_CAPACITY = "32"
 
 
