@@ -43,9 +43,9 @@ def test_bucket_sizes():
 
 
 def test_shapes_onednn_sees_are_bounded(monkeypatch):
-    seen = []
-    real = fl._pointwise
-    monkeypatch.setattr(fl, "_pointwise", lambda a, w, b: seen.append((tuple(a.shape), tuple(w.shape))) or real(a, w, b))
+    seen, real = [], fl._pointwise
+    record = lambda a, w, b: seen.append((tuple(a.shape), tuple(w.shape))) or real(a, w, b)  # noqa: E731
+    monkeypatch.setattr(fl, "_pointwise", record)
     lin = torch.nn.Linear(16, 8)
     onednn_linears(lin)
     counts = torch.randint(1500, 2600, (200,), generator=torch.Generator().manual_seed(0)).tolist()

@@ -61,10 +61,11 @@ def cpu_vendor() -> str:
 
 
 def onednn_pays() -> bool:
-    """Whether float32 linears run on oneDNN here (`Algorithm.onednn_linear` asks; this decides). `POSTTRAIN_ONEDNN_LINEAR`
-    =1 / =0 forces it; unset, yes on a non-Intel x86 CPU (AMD), where MKL, torch's default, takes its AVX2 path
-    (~100 vs ~190-230 GFLOP/s per core on an AMD EPYC), no on Intel, where MKL runs AVX-512 and was as fast as
-    oneDNN or faster at the bench's shapes (bench/README.md, "oneDNN linears: bounded shapes"), and no elsewhere."""
+    """Whether float32 linears run on oneDNN here (`Algorithm.onednn_linear` asks; this decides).
+    `POSTTRAIN_ONEDNN_LINEAR=1` / `=0` forces it; unset, yes on a non-Intel x86 CPU (AMD), where MKL, torch's
+    default, takes its AVX2 path (~100 vs ~190-230 GFLOP/s per core on an AMD EPYC), no on Intel, where MKL runs
+    AVX-512 and was as fast as oneDNN or faster at the bench's shapes (bench/README.md, "oneDNN linears: bounded
+    shapes"), and no elsewhere."""
     v = os.environ.get(ENV, "").strip().lower()
     if v in ("1", "true", "yes", "on"):
         return onednn_available()
