@@ -138,9 +138,12 @@ def _fill(out: Tensor, t: Tensor) -> Tensor:
 def bucketed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """`x [..., K] @ weight^T + bias` on oneDNN with `bucket(M)` rows (M = rows of x); `weight` [N, K] as it is or
     prepacked by `torch.ops.mkldnn._reorder_linear_weight` (rollout/lean.py). No autograd (`_Linear` has it)."""
-    x2 = x.reshape(-1, x.shape[-1])
-    m = x2.shape[0]
-    y = _pointwise(_padded(x2, bucket(m), "x"), weight, bias)[:m]
+    k = x.shape[-1]
+    m = x.numel() // max(k, 1)
+    rows = bucket(m)
+    if rows == m and x.is_contiguous():   # already a bucket (a decode step's 16 rows): no reshape, no copy
+        return _pointwise(x, weight, bias)
+    y = _pointwise(_padded(x.reshape(-1, k), rows, "x"), weight, bias)[:m]
     return y.view(*x.shape[:-1], y.shape[-1])
 
 

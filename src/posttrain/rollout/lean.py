@@ -92,8 +92,10 @@ class _Linear:
             self.bias = _cat_bias(*mods)
 
     def __call__(self, x: Tensor) -> Tensor:
-        if self.packed is not None:   # row counts bucketed: a prefill's varying length adds no oneDNN shapes
-            return bucketed_linear(x, self.packed, self.bias)
+        if self.packed is not None:
+            if x.shape[0] <= 64:   # a decode step's rows (or a short prefill): at most 64 shapes, called as is
+                return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            return bucketed_linear(x, self.packed, self.bias)   # a prefill's B x T rows vary: bucketed
         if len(self.parts) == 1:
             return F.linear(x, *self.parts[0])
         return torch.cat([F.linear(x, w, b) for w, b in self.parts], dim=-1)
