@@ -47,12 +47,24 @@ def test_the_tiny_llama_takes_the_lean_path(tiny):
     assert not HFBackend(model, tok, lean=False).lean and not HFBackend(model, tok, use_cache=False).lean
 
 
-@pytest.mark.parametrize("onednn", [True, False])
-def test_greedy_tokens_equal_transformers_generate(tiny, prompts, onednn, monkeypatch):
+KINDS = ["mkl", "onednn", None]   # every way `_Linear` runs its matmuls (lean.linear_kind picks one)
+
+
+def skip_unavailable(kind):
+    from posttrain.rollout.lean import mkl_packed_available
+
+    if kind == "mkl" and not mkl_packed_available():
+        pytest.skip("torch without MKL's packed sgemm")
+    if kind == "onednn" and not torch.backends.mkldnn.is_available():
+        pytest.skip("torch without oneDNN")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_tokens_equal_transformers_generate(tiny, prompts, kind, monkeypatch):
     import posttrain.rollout.lean as lean
 
-    if not onednn:
-        monkeypatch.setattr(lean, "onednn_usable", lambda w: False)
+    skip_unavailable(kind)
+    monkeypatch.setattr(lean, "linear_kind", lambda w: kind)
     model, tok = tiny
     out = HFBackend(model, tok, batch_size=4).generate(prompts, 2, SamplingParams(max_new_tokens=16, temperature=0))
     for i, p in enumerate(prompts):
@@ -136,16 +148,17 @@ def test_unknown_architectures_and_wrapped_layers_fall_back(tiny_model_dir):
     assert not lean_supported(model)
 
 
-@pytest.mark.parametrize("onednn", [True, False])
-def test_decode_step_equals_forward_bit_for_bit(tiny, onednn):
+@pytest.mark.parametrize("kind", KINDS)
+def test_decode_step_equals_forward_bit_for_bit(tiny, kind):
     """`LeanLlama.step` (the decode loop's call, [B, heads, D] layout) is `forward` at T = 1: the same hidden
     states and the same cache slot, bit for bit; and its rotation is transformers' rotate_half formula."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     from posttrain.rollout.lean import LeanLlama, _rotate, prefill_mask
 
+    skip_unavailable(kind)
     model, _ = tiny
-    lean = LeanLlama(model, 10, onednn=onednn)
+    lean = LeanLlama(model, 10, kind=kind)
     ids = torch.randint(4, model.config.vocab_size, (3, 6), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     mask[0, :2] = 0                                   # a left-padded row

@@ -78,20 +78,46 @@ def _sharded(model) -> bool:
 
 
 class _Linear:
-    """y = x W^T + b of one or several `nn.Linear` side by side (q/k/v; gate/up: their outputs concatenated).
-    On a CPU with oneDNN and float32 weights their weights are concatenated and reordered ONCE into oneDNN's
-    blocked layout (the op torch.compile's CPU freezing uses): a decode step's [16, hidden] matmuls then run
-    ~2x faster than `F.linear`, which repacks the weight on every call; same float32 arithmetic (ulp-level
-    differences in summation order); the packed copy is the only extra memory. Elsewhere (GPU, other dtypes)
-    the modules' own weights are used as they are, no copy."""
+    """y = x W^T + b of one or several `nn.Linear` side by side (q/k/v; gate/up: their outputs concatenated),
+    by `kind` (`linear_kind`), for float32 weights on a CPU:
 
-    def __init__(self, mods: list, onednn: bool):
-        self.parts, self.packed, self.bias = [(m.weight, m.bias) for m in mods], None, None
-        if onednn:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(torch.cat([m.weight for m in mods]), None)
+    - "mkl" (Intel): MKL's packed sgemm, the op torch.compile's CPU freezing emits for float32 on Intel
+      (`torch.ops.mkl._mkl_linear`): the weights are concatenated once, then packed for the decode step's row
+      count M; at [16, 256] x [256, 768] it ran ~35% faster than oneDNN's prepacked matmul, which itself beat
+      `F.linear` (bench/README.md, "Lean decode on Intel"). A pack holds for one M (`_mkl_linear` falls back to
+      `F.linear` for any other): when rows finish and fewer come, they are padded up to the packed M (a row's
+      output does not depend on the others) until they are half of it, then the weights are packed again at the
+      new M (~13 ms for the tiny-llama's 17 weights; at most log2(M) times per chunk). A prefill (> 64 rows)
+      runs `F.linear` on the concatenated weight (MKL).
+    - "onednn" (other x86, e.g. AMD, where MKL takes its AVX2 path): concatenated and reordered ONCE into
+      oneDNN's blocked layout; a decode step's [16, hidden] matmuls ran ~2x faster than `F.linear`, which
+      repacks the weight on every call; a prefill's rows are bucketed (`fast_linear.bucketed_linear`).
+    - None (GPU, other dtypes): the modules' own weights as they are, no copy.
+
+    The same float32 arithmetic in every kind (ulp-level differences in summation order); the packed copy
+    (and for "mkl" the concatenated weight of q/k/v and gate/up) is the extra memory."""
+
+    def __init__(self, mods: list, kind: str | None):
+        self.parts, self.kind, self.packed, self.bias, self.rows = [(m.weight, m.bias) for m in mods], kind, None, None, 0
+        if kind is not None:
             self.bias = _cat_bias(*mods)
+            self.weight = mods[0].weight if len(mods) == 1 else torch.cat([m.weight for m in mods])
+        if kind == "onednn":
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
+            self.weight = None
 
     def __call__(self, x: Tensor) -> Tensor:
+        if self.kind == "mkl":
+            m = x.shape[0]
+            if m > 64:   # a prefill's B x T rows: MKL as it is (no pack per row count)
+                return F.linear(x, self.weight, self.bias)
+            if m != self.rows and not self.rows // 2 < m < self.rows:
+                self.packed, self.rows = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, m), m
+                self.pad = x.new_zeros((m, x.shape[1]))
+            if m < self.rows:   # rows finished: padded up to the packed row count, the extra outputs dropped
+                self.pad[:m].copy_(x)
+                return torch.ops.mkl._mkl_linear(self.pad, self.packed, self.weight, self.bias, self.rows)[:m]
+            return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, self.bias, m)
         if self.packed is not None:
             if x.shape[0] <= 64:   # a decode step's rows (or a short prefill): at most 64 shapes, called as is
                 return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -101,10 +127,25 @@ class _Linear:
         return torch.cat([F.linear(x, w, b) for w, b in self.parts], dim=-1)
 
 
-def onednn_usable(weight: Tensor) -> bool:
-    """oneDNN's prepacked linear applies: float32 weights on a CPU build with mkldnn."""
-    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+KINDS = ("mkl", "onednn")
+
+
+def linear_kind(weight: Tensor) -> str | None:
+    """Which `_Linear` kind decodes with `weight`: None unless float32 on a CPU; then "onednn" where
+    `fast_linear.onednn_pays()` (non-Intel x86, or `POSTTRAIN_ONEDNN_LINEAR=1`), else "mkl" where torch has MKL's
+    packed sgemm (Intel), else "onednn" where oneDNN is there, else None."""
+    from posttrain.core.fast_linear import onednn_pays
+
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        return None
+    if not onednn_pays() and mkl_packed_available():
+        return "mkl"
+    return "onednn" if hasattr(torch.ops.mkldnn, "_reorder_linear_weight") else None
+
+
+def mkl_packed_available() -> bool:
+    return (torch.backends.mkl.is_available() and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight") and hasattr(torch.ops.mkl, "_mkl_linear"))
 
 
 def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -133,7 +174,7 @@ def _cat_bias(*mods) -> Tensor | None:
 class LeanLlama:
     """The decoder of a supported model as plain tensors, taken when built (build one per `generate`)."""
 
-    def __init__(self, model, capacity: int, onednn: bool | None = None):
+    def __init__(self, model, capacity: int, kind: str | None = "auto"):
         cfg, inner = model.config, model.model
         self.heads, self.kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -141,7 +182,9 @@ class LeanLlama:
         self.embed = inner.embed_tokens.weight
         self.norm = inner.norm.weight
         head = model.get_output_embeddings()
-        fast = onednn_usable(head.weight) if onednn is None else onednn
+        fast = linear_kind(head.weight) if kind == "auto" else kind
+        if fast not in KINDS + (None,):
+            raise ValueError(f"LeanLlama: kind must be 'auto', {KINDS} or None, got {fast!r}")
         self.head = _Linear([head], fast)
         self.layers = []
         for layer in inner.layers:
