@@ -2,6 +2,7 @@
 forward gives, and the fallback for what it does not know."""
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain.rollout import SamplingParams
@@ -149,14 +150,16 @@ def test_unknown_architectures_and_wrapped_layers_fall_back(tiny_model_dir):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_decode_step_equals_forward_bit_for_bit(tiny, kind):
+def test_decode_step_equals_forward_bit_for_bit(tiny, kind, monkeypatch):
     """`LeanLlama.step` (the decode loop's call, [B, heads, D] layout) is `forward` at T = 1: the same hidden
-    states and the same cache slot, bit for bit; and its rotation is transformers' rotate_half formula."""
+    states and the same cache slot, bit for bit; and its rotation is transformers' rotate_half formula.
+    (A prefill's "mkl" products run unpacked, equal to ~1e-7, not bit for bit: here both sides pack.)"""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    from posttrain.rollout.lean import LeanLlama, _rotate, prefill_mask
+    from posttrain.rollout.lean import LeanLlama, _Linear, _rotate, prefill_mask
 
     skip_unavailable(kind)
+    monkeypatch.setattr(_Linear, "prefill", _Linear.__call__)
     model, _ = tiny
     lean = LeanLlama(model, 10, kind=kind)
     ids = torch.randint(4, model.config.vocab_size, (3, 6), generator=torch.Generator().manual_seed(0))
@@ -182,3 +185,25 @@ def test_decode_step_equals_forward_bit_for_bit(tiny, kind):
     want = apply_rotary_pos_emb(q, q, cos, sin)[0]
     got = _rotate(q, lean.rope(pos[:, :2])[:, None], lean.rope(pos[:, :2], sin=True)[:, None])
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_linear_kinds_equal_f_linear_as_rows_finish(kind):
+    """`_Linear` of q/k/v-like parts (one with a bias) equals `F.linear` of each part, concatenated, at every
+    row count a decode chunk passes through: 16 rows, rows finishing one by one ("mkl": padded up to the packed
+    16, then packed again at 8, 4, 2, 1), a new chunk of 16 again, and a prefill."""
+    from posttrain.rollout.lean import _Linear
+
+    skip_unavailable(kind)
+    torch.manual_seed(0)
+    parts = [torch.nn.Linear(32, 24, bias=False), torch.nn.Linear(32, 8, bias=True), torch.nn.Linear(32, 8, bias=False)]
+    lin = _Linear(parts, kind)
+    packs = []
+    for m in [16, 15, 12, 9, 8, 7, 5, 4, 3, 2, 1, 16, 16, 40]:
+        x = torch.randn(m, 32)
+        got = lin.prefill(x) if m == 40 else lin(x)
+        want = torch.cat([F.linear(x, p.weight, p.bias) for p in parts], dim=-1)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+        packs.append(lin.rows)
+    if kind == "mkl":
+        assert packs == [16, 16, 16, 16, 8, 8, 8, 4, 4, 2, 1, 16, 16, 16]

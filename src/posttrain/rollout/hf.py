@@ -84,8 +84,9 @@ def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generat
     else:
         scaled = logits / params.temperature if params.temperature != 1.0 else logits   # x / 1 == x exactly
         logps = torch.log_softmax(scaled, dim=-1)
-        probs = filter_top_k_top_p(scaled, params.top_k, params.top_p).softmax(dim=-1)
-        tokens = draw(probs, generator, u)
+        kept = filter_top_k_top_p(scaled, params.top_k, params.top_p)
+        # unfiltered: the probabilities are exp(logps) (softmax's values to float rounding, ~1e-8; ~3x cheaper)
+        tokens = draw(logps.exp() if kept is scaled else kept.softmax(dim=-1), generator, u)
     return tokens, logps.gather(1, tokens[:, None]).squeeze(1)
 
 
@@ -312,7 +313,7 @@ class HFBackend:
         width, budget = ids.shape[1], params.max_new_tokens
         pre = lean.new_cache(ids.shape[0], width)
         hidden = lean.forward(ids, positions(mask), pre, 0, prefill_mask(mask))
-        logits = lean.logits(hidden[:, -1]).repeat_interleave(n, dim=0)
+        logits = lean.logits(hidden[:, -1], prefill=True).repeat_interleave(n, dim=0)
         cache = lean.new_cache(ids.shape[0] * n, width + budget)
         for (k, v), (pk, pv) in zip(cache, pre):
             k[:, :, :width], v[:, :, :width] = pk.repeat_interleave(n, dim=0), pv.repeat_interleave(n, dim=0)

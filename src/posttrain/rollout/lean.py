@@ -87,7 +87,7 @@ class _Linear:
       `F.linear` (bench/README.md, "Lean decode on Intel"). A pack holds for one M (`_mkl_linear` falls back to
       `F.linear` for any other): when rows finish and fewer come, they are padded up to the packed M (a row's
       output does not depend on the others) until they are half of it, then the weights are packed again at the
-      new M (~13 ms for the tiny-llama's 17 weights; at most log2(M) times per chunk). A prefill (> 64 rows)
+      new M (~13 ms for the tiny-llama's 17 weights; at most log2(M) times per chunk). A prefill (`prefill`)
       runs `F.linear` on the concatenated weight (MKL).
     - "onednn" (other x86, e.g. AMD, where MKL takes its AVX2 path): concatenated and reordered ONCE into
       oneDNN's blocked layout; a decode step's [16, hidden] matmuls ran ~2x faster than `F.linear`, which
@@ -109,8 +109,6 @@ class _Linear:
     def __call__(self, x: Tensor) -> Tensor:
         if self.kind == "mkl":
             m = x.shape[0]
-            if m > 64:   # a prefill's B x T rows: MKL as it is (no pack per row count)
-                return F.linear(x, self.weight, self.bias)
             if m != self.rows and not self.rows // 2 < m < self.rows:
                 self.packed, self.rows = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, m), m
                 self.pad = x.new_zeros((m, x.shape[1]))
@@ -125,6 +123,11 @@ class _Linear:
         if len(self.parts) == 1:
             return F.linear(x, *self.parts[0])
         return torch.cat([F.linear(x, w, b) for w, b in self.parts], dim=-1)
+
+    def prefill(self, x: Tensor) -> Tensor:
+        """The same product for a prefill's B x T rows (a count seen once): "mkl" runs `F.linear` (MKL) on the
+        concatenated weight rather than packing it for that count."""
+        return F.linear(x, self.weight, self.bias) if self.kind == "mkl" else self(x)
 
 
 KINDS = ("mkl", "onednn")
@@ -148,14 +151,25 @@ def mkl_packed_available() -> bool:
             and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight") and hasattr(torch.ops.mkl, "_mkl_linear"))
 
 
-def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """transformers' LlamaRMSNorm, op for op (float32 statistics, weight applied in the input dtype); for
-    float32 input the same ops without its two no-op casts, the sum and rsqrt in place (same values)."""
+def _rms(x: Tensor, weight: Tensor, eps: tuple[Tensor, Tensor]) -> Tensor:
+    """transformers' LlamaRMSNorm, op for op (float32 statistics, weight applied in the input dtype); `eps`
+    (`rms_consts`: 0-dim float32 tensors, epsilon and the width) is applied as a float32 value, as torch
+    applies the Python float. For float32 input the same values with fewer calls: x * x for x.pow(2) (torch's
+    pow computes that product), `mean` as the sum and division it runs on a CPU, the division and the + eps in
+    one `addcdiv` (eps + sum / width: the same two roundings), no no-op casts, rsqrt in place; and no Python
+    float wrapped and converted per call (mean's width and the eps: ~18 scalar copies a decode step)."""
+    eps, width = eps
     if x.dtype == torch.float32:
-        return weight * (x * x.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_())
+        return weight * (x * torch.addcdiv(eps, (x * x).sum(-1, keepdim=True), width).rsqrt_())
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
+
+
+def rms_consts(eps: float, width: int, device) -> tuple[Tensor, Tensor]:
+    """(eps, width) as 0-dim float32 tensors for `_rms`."""
+    return (torch.tensor(eps, dtype=torch.float32, device=device),
+            torch.tensor(float(width), dtype=torch.float32, device=device))
 
 
 def _rotate(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
@@ -178,7 +192,7 @@ class LeanLlama:
         cfg, inner = model.config, model.model
         self.heads, self.kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.eps = cfg.rms_norm_eps
+        self.eps = rms_consts(cfg.rms_norm_eps, cfg.hidden_size, inner.embed_tokens.weight.device)
         self.embed = inner.embed_tokens.weight
         self.norm = inner.norm.weight
         head = model.get_output_embeddings()
@@ -211,15 +225,15 @@ class LeanLlama:
         cos, sin = self.rope(pos)[:, None], self.rope(pos, sin=True)[:, None]  # [B, 1, T, D]
         x = F.embedding(ids.reshape(-1), self.embed)                          # [B * T, hidden]
         for L, (kc, vc) in zip(self.layers, cache):
-            qkv = L["qkv"](_rms(x, L["ln1"], self.eps)).view(b, t, h + 2 * kv, d).transpose(1, 2)
+            qkv = L["qkv"].prefill(_rms(x, L["ln1"], self.eps)).view(b, t, h + 2 * kv, d).transpose(1, 2)
             qk = _rotate(qkv[:, :h + kv], cos, sin)
             kc[:, :, slot:slot + t] = qk[:, h:]
             vc[:, :, slot:slot + t] = qkv[:, h + kv:]
             att = F.scaled_dot_product_attention(qk[:, :h], kc[:, :, :slot + t], vc[:, :, :slot + t], attn_mask=mask,
                                                  scale=L["scale"], enable_gqa=h != kv)
-            x = x + L["o"](att.transpose(1, 2).reshape(b * t, h * d))
-            gate, up = L["gu"](_rms(x, L["ln2"], self.eps)).chunk(2, dim=-1)
-            x = x + L["down"](F.silu(gate) * up)
+            x = x + L["o"].prefill(att.transpose(1, 2).reshape(b * t, h * d))
+            gate, up = L["gu"].prefill(_rms(x, L["ln2"], self.eps)).chunk(2, dim=-1)
+            x = x + L["down"].prefill(F.silu(gate) * up)
         return _rms(x, self.norm, self.eps).view(b, t, -1)
 
     def rope(self, pos: Tensor, sin: bool = False) -> Tensor:
@@ -246,9 +260,9 @@ class LeanLlama:
             x = x + L["down"](F.silu(gate) * up)
         return _rms(x, self.norm, self.eps)
 
-    def logits(self, hidden: Tensor) -> Tensor:
-        """float32 logits [B, V] of hidden states [B, hidden]."""
-        return self.head(hidden).float()
+    def logits(self, hidden: Tensor, prefill: bool = False) -> Tensor:
+        """float32 logits [B, V] of hidden states [B, hidden] (`prefill`: rows of a prefill, see `_Linear`)."""
+        return (self.head.prefill(hidden) if prefill else self.head(hidden)).float()
 
 
 def prefill_mask(attention_mask: Tensor) -> Tensor:
