@@ -207,3 +207,31 @@ def test_linear_kinds_equal_f_linear_as_rows_finish(kind):
         packs.append(lin.rows)
     if kind == "mkl":
         assert packs == [16, 16, 16, 16, 8, 8, 8, 4, 4, 2, 1, 16, 16, 16]
+
+
+@pytest.mark.parametrize("seeded", ["seed", "seeds"])
+def test_finished_rows_kept_or_compacted_give_the_same_samples(tiny_model_dir, prompts, seeded, monkeypatch):
+    """Finished rows stay in the lean batch until `COMPACT` of it is live: the samples and log-probs are those
+    of compacting at every finishing step (1.0), of never compacting (0.0), and the transformers path's (which
+    drops finished rows at once), with one generator for all rows and with per-row streams."""
+    import posttrain.rollout.lean as lean
+
+    model, tok = load(tiny_model_dir)
+    model.lm_head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    torch.nn.init.normal_(model.lm_head.weight, std=0.02)
+    model.lm_head.bias.data.zero_()
+    model.lm_head.bias.data[tok.eos_token_id] = 3.0   # EOS ~1 in 8: rows finish at many different steps
+    kw = dict(seed=5) if seeded == "seed" else dict(seeds=[5, 6, 7])
+    params = SamplingParams(max_new_tokens=24, **kw)
+    outs = []
+    for share in (1.0, 0.75, 0.0):
+        monkeypatch.setattr(lean, "COMPACT", share)
+        outs.append(HFBackend(model, tok, batch_size=12).generate(prompts, 4, params))
+    plain = HFBackend(model, tok, batch_size=12, lean=False).generate(prompts, 4, params)
+    lengths = {len(ids) for ids in plain.completion_ids}
+    assert len(lengths) > 3 and max(lengths) == 24   # rows finished at several steps, some ran to the budget
+    for out in outs:
+        assert out.completion_ids == plain.completion_ids
+        for a, b in zip(out.completion_logps, plain.completion_logps):
+            torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=0)
+    assert outs[0].completion_logps == outs[1].completion_logps == outs[2].completion_logps

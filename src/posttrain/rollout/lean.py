@@ -6,8 +6,8 @@ decode step is a short fixed sequence of torch ops per layer over the model's ow
 tables computed once per call by the model's own `rotary_emb` (so its rope scaling is the model's), a
 static KV cache (`[B, KV heads, prompt + budget, D]` per layer, written in place) and a padding mask built
 once per chunk and sliced, never rebuilt. On a CPU in float32, q/k/v are ONE matmul and gate/up one, their
-weights concatenated and reordered for oneDNN once per `generate` call (so an optimizer step in between is
-seen). Measured on the bench's tiny-llama (16 rows, 1 thread, CPU time): 6.5 -> 4.5 ms per decode token
+weights concatenated and prepacked once per `generate` call (so an optimizer step in between is seen): for
+MKL's packed sgemm on Intel, oneDNN's blocked layout elsewhere (`_Linear`). Measured on the bench's tiny-llama (16 rows, 1 thread, CPU time): 6.5 -> 4.5 ms per decode token
 step in `generate`; what is left is the matmuls (~1.2 ms) and attention over the cache (~1.5 ms,
 bandwidth-bound: every variant tried, SDPA with and without mask, matmul/softmax, einsum, took the same).
 torch.compile of this step (inductor, dynamic shapes) works here but took 65 s to compile for a ~4%
@@ -272,3 +272,60 @@ def prefill_mask(attention_mask: Tensor) -> Tensor:
     causal = torch.ones((w, w), dtype=torch.bool, device=attention_mask.device).tril_()
     eye = torch.eye(w, dtype=torch.bool, device=attention_mask.device)
     return (causal & attention_mask.bool()[:, None, :] | eye)[:, None]
+
+
+COMPACT = 0.75   # `hf.HFBackend._lean_chunk` compacts its batch when at most this share of its rows is live
+
+
+class DecodeRows:
+    """The decode batch of `hf.HFBackend._lean_chunk`: `rows` (each batch row's output row), which are `live`
+    (None: all), the next `tokens`, positions `pos`, additive key mask `keys`, KV `cache`, and the outputs
+    [step, output row] `out_tok` / `out_lp` with each output row's `length`."""
+
+    def __init__(self, keys: Tensor, pos: Tensor, cache: list, budget: int, pad_id: int):
+        rows = len(pos)
+        self.keys, self.pos, self.cache, self.live, self.tokens = keys, pos, cache, None, None
+        self.rows = self.all = torch.arange(rows, device=pos.device)
+        self.out_tok = torch.full((budget, rows), pad_id, dtype=torch.long, device=pos.device)
+        self.out_lp = torch.zeros((budget, rows), dtype=torch.float32, device=pos.device)
+        self.length = torch.full((rows,), budget, dtype=torch.long, device=pos.device)
+
+    def uniforms(self, us: Tensor | None, step: int, generator, params) -> tuple:
+        """(generator, u) for `sample_next`: the rows' own stream values, or with finished rows in the batch,
+        the generator's draws for the live rows only (as the transformers path, which drops them, draws)."""
+        full = len(self.rows) == len(self.all)
+        if us is not None:
+            return None, us[step] if full else us[step].index_select(0, self.rows.cpu())
+        if self.live is None or params.greedy:
+            return generator, None
+        u = torch.zeros(len(self.rows), device=self.rows.device)
+        u[self.live] = torch.rand(int(self.live.sum()), generator=generator, device=self.rows.device)
+        return None, u
+
+    def record(self, step: int, tokens: Tensor, lps: Tensor) -> None:
+        self.tokens = tokens
+        if len(self.rows) == len(self.all):
+            self.out_tok[step], self.out_lp[step] = tokens, lps
+        else:
+            self.out_tok[step].index_copy_(0, self.rows, tokens)
+            self.out_lp[step].index_copy_(0, self.rows, lps)
+
+    def finish(self, step: int, done: Tensor) -> bool:
+        """Rows that sampled an end at `step`; True when no row is left."""
+        if self.live is not None:
+            done = done & self.live
+            if not bool(done.any()):
+                return False
+        self.length[self.rows[done]] = step + 1
+        self.live = ~done if self.live is None else self.live & ~done
+        live = int(self.live.sum())
+        if live == 0:
+            return True
+        if live <= COMPACT * len(self.rows):
+            self.compact(torch.nonzero(self.live).squeeze(1))
+        return False
+
+    def compact(self, keep: Tensor) -> None:
+        self.rows, self.tokens, self.keys, self.pos = self.rows[keep], self.tokens[keep], self.keys[keep], self.pos[keep]
+        self.cache = [(k[keep], v[keep]) for k, v in self.cache]
+        self.live = None
