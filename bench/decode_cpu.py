@@ -5,7 +5,7 @@ median and min CPU seconds per generate, every repeat, the completion tokens and
 same work when equal). `--linears` instead times the 17 matmuls of one decode step (16 rows) on each prepacked
 kind of `rollout/lean.py` (`_Linear`: "mkl", "onednn") and `F.linear`, weights streamed as in a step.
 
-  PYTHONPATH=src python bench/decode_cpu.py --fixture bench/.trl-harness/fixture [--threads 1] [--repeats 7]
+  PYTHONPATH=src python bench/decode_cpu.py --fixture bench/.trl-harness/fixture [--threads 1] [--repeats 7] [--model tiny-llama-l]
   PYTHONPATH=src python bench/decode_cpu.py --fixture bench/.trl-harness/fixture --linears
 
 Compare two versions by running each from its own source tree (PYTHONPATH), alternately, and reading medians.
@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 
 
-def generate_cpu(fixture: str, repeats: int) -> str:
+def generate_cpu(fixture: str, repeats: int, model_name: str = "tiny-llama") -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from posttrain.rollout.base import SamplingParams
     from posttrain.rollout.hf import HFBackend
 
-    model = AutoModelForCausalLM.from_pretrained(f"{fixture}/tiny-llama", dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(f"{fixture}/{model_name}", dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(f"{fixture}/tokenizer")
     backend = HFBackend(model, tok, batch_size=64)
     rows = [json.loads(line) for line in open(f"{fixture}/data/grpo.jsonl")][:2]
@@ -72,11 +72,12 @@ def main():
     ap.add_argument("--fixture", default="bench/.trl-harness/fixture")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--model", default="tiny-llama", help="a model folder of the fixture (tiny-llama-l: the 27M one)")
     ap.add_argument("--linears", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     with torch.no_grad():
-        print(linears_cpu() if a.linears else generate_cpu(a.fixture, a.repeats))
+        print(linears_cpu() if a.linears else generate_cpu(a.fixture, a.repeats, a.model))
 
 
 if __name__ == "__main__":
