@@ -17,6 +17,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "bench"))
@@ -43,12 +44,27 @@ def prepare(shared: str) -> str:
     return os.path.join(HARNESS, "fixture")
 
 
+def steal_seconds() -> float:
+    """CPU seconds the hypervisor has taken from this VM's cores since boot (/proc/stat's `steal`; 0 where
+    the kernel does not count it). Both sides' `other_cores` already include it (busy = all but idle and
+    iowait); recorded apart so that a BUSY run on a quiet guest can be told from one with other processes."""
+    try:
+        with open("/proc/stat") as f:
+            v = f.readline().split()
+        return int(v[8]) / os.sysconf("SC_CLK_TCK") if len(v) > 8 else 0.0
+    except OSError:
+        return 0.0
+
+
 def run_json(cmd: list[str], cwd: str) -> dict:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    s0, t0 = steal_seconds(), time.perf_counter()
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
-    return json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][-1])
+    out = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][-1])
+    out["steal_cores"] = round((steal_seconds() - s0) / (time.perf_counter() - t0), 2)   # whole process run
+    return out
 
 
 def summarize(name: str, trl: list[dict], ours: list[dict]) -> dict:
@@ -73,6 +89,7 @@ def summarize(name: str, trl: list[dict], ours: list[dict]) -> dict:
     # cores other processes used during a run (the harness counts a run with >= 0.2 as not clean)
     others = [r["other_cores"] for r in trl + ours if "other_cores" in r]
     s["max_other_cores"] = max(others) if others else None
+    s["max_steal_cores"] = max((r.get("steal_cores", 0.0) for r in trl + ours), default=None)
     grpo = "completion_tokens_per_s" in trl[0] and "completion_tokens_per_s" in ours[0]
     # GRPO samples differ between the two (own RNG streams) and its loss is ~0 by construction: no loss check there
     trl_final = s["trl_final_loss"]
@@ -138,8 +155,8 @@ def main():
             trl.append(run_json(trl_cmd, HARNESS))
             ours.append(run_json(our_cmd, HERE))
             print(f"{b} repeat {i + 1}: TRL {trl[-1]['steady_tokens_per_s']} tok/s ({trl[-1]['median_step_s']} s/step, "
-                  f"other cores {trl[-1].get('other_cores')}), ours {ours[-1]['steady_tokens_per_s']} tok/s "
-                  f"({ours[-1]['median_step_s']} s/step, other cores {ours[-1].get('other_cores')})", file=sys.stderr)
+                  f"other cores {trl[-1].get('other_cores')}, steal {trl[-1]['steal_cores']}), ours {ours[-1]['steady_tokens_per_s']} tok/s "
+                  f"({ours[-1]['median_step_s']} s/step, other cores {ours[-1].get('other_cores')}, steal {ours[-1]['steal_cores']})", file=sys.stderr)
     summaries = [record(b, a, *runs[b]) for b in benches]
     if len(summaries) == 1:
         print(json.dumps(summaries[0], indent=1))

@@ -7,7 +7,7 @@ import json
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COLS = ("bench", "model", "steps", "repeats", "threads", "machine", "max_other_cores", "cpu_speedup",
+COLS = ("bench", "model", "steps", "repeats", "threads", "machine", "max_other_cores", "max_steal_cores", "cpu_speedup",
         "trl_cpu_s_per_step", "ours_cpu_s_per_step", "step_speedup", "speedup", "memory_ratio",
         "trl_first_loss", "ours_first_loss", "trl_final_loss", "ours_final_loss")
 

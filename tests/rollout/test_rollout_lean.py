@@ -2,6 +2,7 @@
 forward gives, and the fallback for what it does not know."""
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain.rollout import SamplingParams
@@ -47,12 +48,24 @@ def test_the_tiny_llama_takes_the_lean_path(tiny):
     assert not HFBackend(model, tok, lean=False).lean and not HFBackend(model, tok, use_cache=False).lean
 
 
-@pytest.mark.parametrize("onednn", [True, False])
-def test_greedy_tokens_equal_transformers_generate(tiny, prompts, onednn, monkeypatch):
+KINDS = ["mkl", "onednn", None]   # every way `_Linear` runs its matmuls (lean.linear_kind picks one)
+
+
+def skip_unavailable(kind):
+    from posttrain.rollout.lean import mkl_packed_available
+
+    if kind == "mkl" and not mkl_packed_available():
+        pytest.skip("torch without MKL's packed sgemm")
+    if kind == "onednn" and not torch.backends.mkldnn.is_available():
+        pytest.skip("torch without oneDNN")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_tokens_equal_transformers_generate(tiny, prompts, kind, monkeypatch):
     import posttrain.rollout.lean as lean
 
-    if not onednn:
-        monkeypatch.setattr(lean, "onednn_usable", lambda w: False)
+    skip_unavailable(kind)
+    monkeypatch.setattr(lean, "linear_kind", lambda w: kind)
     model, tok = tiny
     out = HFBackend(model, tok, batch_size=4).generate(prompts, 2, SamplingParams(max_new_tokens=16, temperature=0))
     for i, p in enumerate(prompts):
@@ -136,16 +149,19 @@ def test_unknown_architectures_and_wrapped_layers_fall_back(tiny_model_dir):
     assert not lean_supported(model)
 
 
-@pytest.mark.parametrize("onednn", [True, False])
-def test_decode_step_equals_forward_bit_for_bit(tiny, onednn):
+@pytest.mark.parametrize("kind", KINDS)
+def test_decode_step_equals_forward_bit_for_bit(tiny, kind, monkeypatch):
     """`LeanLlama.step` (the decode loop's call, [B, heads, D] layout) is `forward` at T = 1: the same hidden
-    states and the same cache slot, bit for bit; and its rotation is transformers' rotate_half formula."""
+    states and the same cache slot, bit for bit; and its rotation is transformers' rotate_half formula.
+    (A prefill's "mkl" products run unpacked, equal to ~1e-7, not bit for bit: here both sides pack.)"""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    from posttrain.rollout.lean import LeanLlama, _rotate, prefill_mask
+    from posttrain.rollout.lean import LeanLlama, _Linear, _rotate, prefill_mask
 
+    skip_unavailable(kind)
+    monkeypatch.setattr(_Linear, "prefill", _Linear.__call__)
     model, _ = tiny
-    lean = LeanLlama(model, 10, onednn=onednn)
+    lean = LeanLlama(model, 10, kind=kind)
     ids = torch.randint(4, model.config.vocab_size, (3, 6), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     mask[0, :2] = 0                                   # a left-padded row
@@ -169,3 +185,53 @@ def test_decode_step_equals_forward_bit_for_bit(tiny, onednn):
     want = apply_rotary_pos_emb(q, q, cos, sin)[0]
     got = _rotate(q, lean.rope(pos[:, :2])[:, None], lean.rope(pos[:, :2], sin=True)[:, None])
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_linear_kinds_equal_f_linear_as_rows_finish(kind):
+    """`_Linear` of q/k/v-like parts (one with a bias) equals `F.linear` of each part, concatenated, at every
+    row count a decode chunk passes through: 16 rows, rows finishing one by one ("mkl": padded up to the packed
+    16, then packed again at 8, 4, 2, 1), a new chunk of 16 again, and a prefill."""
+    from posttrain.rollout.lean import _Linear
+
+    skip_unavailable(kind)
+    torch.manual_seed(0)
+    parts = [torch.nn.Linear(32, 24, bias=False), torch.nn.Linear(32, 8, bias=True), torch.nn.Linear(32, 8, bias=False)]
+    lin = _Linear(parts, kind)
+    packs = []
+    for m in [16, 15, 12, 9, 8, 7, 5, 4, 3, 2, 1, 16, 16, 40]:
+        x = torch.randn(m, 32)
+        got = lin.prefill(x) if m == 40 else lin(x)
+        want = torch.cat([F.linear(x, p.weight, p.bias) for p in parts], dim=-1)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+        packs.append(lin.rows)
+    if kind == "mkl":
+        assert packs == [16, 16, 16, 16, 8, 8, 8, 4, 4, 2, 1, 16, 16, 16]
+
+
+@pytest.mark.parametrize("seeded", ["seed", "seeds"])
+def test_finished_rows_kept_or_compacted_give_the_same_samples(tiny_model_dir, prompts, seeded, monkeypatch):
+    """Finished rows stay in the lean batch until `COMPACT` of it is live: the samples and log-probs are those
+    of compacting at every finishing step (1.0), of never compacting (0.0), and the transformers path's (which
+    drops finished rows at once), with one generator for all rows and with per-row streams."""
+    import posttrain.rollout.lean as lean
+
+    model, tok = load(tiny_model_dir)
+    model.lm_head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    torch.nn.init.normal_(model.lm_head.weight, std=0.02)
+    model.lm_head.bias.data.zero_()
+    model.lm_head.bias.data[tok.eos_token_id] = 3.0   # EOS ~1 in 8: rows finish at many different steps
+    kw = dict(seed=5) if seeded == "seed" else dict(seeds=[5, 6, 7])
+    params = SamplingParams(max_new_tokens=24, **kw)
+    outs = []
+    for share in (1.0, 0.75, 0.0):
+        monkeypatch.setattr(lean, "COMPACT", share)
+        outs.append(HFBackend(model, tok, batch_size=12).generate(prompts, 4, params))
+    plain = HFBackend(model, tok, batch_size=12, lean=False).generate(prompts, 4, params)
+    lengths = {len(ids) for ids in plain.completion_ids}
+    assert len(lengths) > 3 and max(lengths) == 24   # rows finished at several steps, some ran to the budget
+    for out in outs:
+        assert out.completion_ids == plain.completion_ids
+        for a, b in zip(out.completion_logps, plain.completion_logps):
+            torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=0)
+    assert outs[0].completion_logps == outs[1].completion_logps == outs[2].completion_logps

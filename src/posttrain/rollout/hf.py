@@ -32,7 +32,7 @@ from torch import Tensor
 from posttrain.core.strategy import gathered
 
 from .base import Rollouts, SamplingParams, check_prompts, check_seeds, cut_at_stop, derive_seed
-from .lean import LeanLlama, lean_supported, prefill_mask
+from .lean import DecodeRows, LeanLlama, lean_supported, prefill_mask
 
 
 def filter_top_k_top_p(scores: Tensor, top_k: int, top_p: float) -> Tensor:
@@ -84,8 +84,9 @@ def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generat
     else:
         scaled = logits / params.temperature if params.temperature != 1.0 else logits   # x / 1 == x exactly
         logps = torch.log_softmax(scaled, dim=-1)
-        probs = filter_top_k_top_p(scaled, params.top_k, params.top_p).softmax(dim=-1)
-        tokens = draw(probs, generator, u)
+        kept = filter_top_k_top_p(scaled, params.top_k, params.top_p)
+        # unfiltered: the probabilities are exp(logps) (softmax's values to float rounding, ~1e-8; ~3x cheaper)
+        tokens = draw(logps.exp() if kept is scaled else kept.softmax(dim=-1), generator, u)
     return tokens, logps.gather(1, tokens[:, None]).squeeze(1)
 
 
@@ -306,54 +307,41 @@ class HFBackend:
     def _lean_chunk(self, lean: LeanLlama, prompt_ids: list[list[int]], n: int, params: SamplingParams,
                     generator: torch.Generator | None, streams: Tensor | None = None
                     ) -> tuple[list[list[int]], list[list[float]]]:
-        """`_generate_chunk` on `lean.LeanLlama`: the same rows, order, sampling and RNG use (rows that
-        finished are dropped from the batch as there), with a static cache and a mask built once."""
+        """`_generate_chunk` on `lean.LeanLlama`: the same rows, order, sampling and RNG use, with a static cache
+        and a mask built once. Rows that finished stay in the batch (their tokens past the end are never read)
+        until at most `lean.COMPACT` of it is live; then it is compacted (`lean.DecodeRows.compact`: the live rows'
+        cache, mask and positions copied). A row's step does not depend on the other rows, so this changes no
+        value; it trades a copy of every layer's cache per finishing step for a few rows decoded in vain."""
         ids, mask = left_pad(prompt_ids, self.pad_id, self.device)
         width, budget = ids.shape[1], params.max_new_tokens
         pre = lean.new_cache(ids.shape[0], width)
         hidden = lean.forward(ids, positions(mask), pre, 0, prefill_mask(mask))
-        logits = lean.logits(hidden[:, -1]).repeat_interleave(n, dim=0)
+        logits = lean.logits(hidden[:, -1], prefill=True).repeat_interleave(n, dim=0)
         cache = lean.new_cache(ids.shape[0] * n, width + budget)
         for (k, v), (pk, pv) in zip(cache, pre):
             k[:, :, :width], v[:, :, :width] = pk.repeat_interleave(n, dim=0), pv.repeat_interleave(n, dim=0)
         del pre
         keys = torch.zeros((ids.shape[0] * n, 1, 1, width + budget), dtype=hidden.dtype, device=self.device)
         keys[:, 0, 0, :width].masked_fill_(mask.repeat_interleave(n, dim=0) == 0, float("-inf"))  # additive
-        pos = mask.sum(-1).repeat_interleave(n)                                # next position of each row
-        total = rows = torch.arange(keys.shape[0], device=self.device)
-        full = True                                                            # no row dropped yet
+        b = DecodeRows(keys, mask.sum(-1).repeat_interleave(n), cache, budget, self.pad_id)
         us = None if streams is None else streams.t().contiguous()              # [step, row]: a row per step
-        out_tok = torch.full((budget, len(total)), self.pad_id, dtype=torch.long, device=self.device)
-        out_lp = torch.zeros((budget, len(total)), dtype=torch.float32, device=self.device)
-        length = torch.full((len(total),), budget, dtype=torch.long, device=self.device)
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
         stopper = _StopStrings(self.tokenizer, params.stop)
         for step in range(budget):
-            u = None if us is None else us[step] if full else us[step].index_select(0, rows.cpu())
-            tokens, lps = sample_next(logits, params, generator, u)
-            if full:
-                out_tok[step], out_lp[step] = tokens, lps
-            else:
-                out_tok[step].index_copy_(0, rows, tokens)
-                out_lp[step].index_copy_(0, rows, lps)
+            tokens, lps = sample_next(logits, params, *b.uniforms(us, step, generator, params))
+            b.record(step, tokens, lps)
             done = tokens == eos[0] if len(eos) == 1 else torch.isin(tokens, eos)
             if stopper.stop:
-                done |= torch.tensor([stopper.hit(out_tok[:step + 1, r].tolist()) for r in rows.tolist()],
+                done |= torch.tensor([stopper.hit(b.out_tok[:step + 1, r].tolist()) for r in b.rows.tolist()],
                                      device=self.device)
-            if step == budget - 1:
+            if step == budget - 1 or (done.any() and b.finish(step, done)):
                 break
-            if done.any():
-                length[rows[done]] = step + 1
-                if bool(done.all()):
-                    break
-                keep = torch.nonzero(~done).squeeze(1)
-                rows, tokens, keys, pos, full = rows[keep], tokens[keep], keys[keep], pos[keep], False
-                cache = [(k[keep], v[keep]) for k, v in cache]
             slot = width + step
-            hidden = lean.step(tokens, lean.rope(pos)[:, None], lean.rope(pos, sin=True)[:, None], cache, slot,
-                               keys[..., :slot + 1])
+            hidden = lean.step(b.tokens, lean.rope(b.pos)[:, None], lean.rope(b.pos, sin=True)[:, None], b.cache,
+                               slot, b.keys[..., :slot + 1])
             logits = lean.logits(hidden)
-            pos = pos + 1
-        n_tok = length.tolist()
-        return ([r[:k] for r, k in zip(out_tok.t().tolist(), n_tok)],
-                [r[:k] for r, k in zip(out_lp.t().tolist(), n_tok)])
+            b.pos = b.pos + 1
+        n_tok = b.length.tolist()
+        return ([r[:k] for r, k in zip(b.out_tok.t().tolist(), n_tok)],
+                [r[:k] for r, k in zip(b.out_lp.t().tolist(), n_tok)])
+

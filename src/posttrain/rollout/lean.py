@@ -6,8 +6,8 @@ decode step is a short fixed sequence of torch ops per layer over the model's ow
 tables computed once per call by the model's own `rotary_emb` (so its rope scaling is the model's), a
 static KV cache (`[B, KV heads, prompt + budget, D]` per layer, written in place) and a padding mask built
 once per chunk and sliced, never rebuilt. On a CPU in float32, q/k/v are ONE matmul and gate/up one, their
-weights concatenated and reordered for oneDNN once per `generate` call (so an optimizer step in between is
-seen). Measured on the bench's tiny-llama (16 rows, 1 thread, CPU time): 6.5 -> 4.5 ms per decode token
+weights concatenated and prepacked once per `generate` call (so an optimizer step in between is seen): for
+MKL's packed sgemm on Intel, oneDNN's blocked layout elsewhere (`_Linear`). Measured on the bench's tiny-llama (16 rows, 1 thread, CPU time): 6.5 -> 4.5 ms per decode token
 step in `generate`; what is left is the matmuls (~1.2 ms) and attention over the cache (~1.5 ms,
 bandwidth-bound: every variant tried, SDPA with and without mask, matmul/softmax, einsum, took the same).
 torch.compile of this step (inductor, dynamic shapes) works here but took 65 s to compile for a ~4%
@@ -78,20 +78,44 @@ def _sharded(model) -> bool:
 
 
 class _Linear:
-    """y = x W^T + b of one or several `nn.Linear` side by side (q/k/v; gate/up: their outputs concatenated).
-    On a CPU with oneDNN and float32 weights their weights are concatenated and reordered ONCE into oneDNN's
-    blocked layout (the op torch.compile's CPU freezing uses): a decode step's [16, hidden] matmuls then run
-    ~2x faster than `F.linear`, which repacks the weight on every call; same float32 arithmetic (ulp-level
-    differences in summation order); the packed copy is the only extra memory. Elsewhere (GPU, other dtypes)
-    the modules' own weights are used as they are, no copy."""
+    """y = x W^T + b of one or several `nn.Linear` side by side (q/k/v; gate/up: their outputs concatenated),
+    by `kind` (`linear_kind`), for float32 weights on a CPU:
 
-    def __init__(self, mods: list, onednn: bool):
-        self.parts, self.packed, self.bias = [(m.weight, m.bias) for m in mods], None, None
-        if onednn:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(torch.cat([m.weight for m in mods]), None)
+    - "mkl" (Intel): MKL's packed sgemm, the op torch.compile's CPU freezing emits for float32 on Intel
+      (`torch.ops.mkl._mkl_linear`): the weights are concatenated once, then packed for the decode step's row
+      count M; at [16, 256] x [256, 768] it ran ~35% faster than oneDNN's prepacked matmul, which itself beat
+      `F.linear` (bench/README.md, "Lean decode on Intel"). A pack holds for one M (`_mkl_linear` falls back to
+      `F.linear` for any other): when rows finish and fewer come, they are padded up to the packed M (a row's
+      output does not depend on the others) until they are half of it, then the weights are packed again at the
+      new M (~13 ms for the tiny-llama's 17 weights; at most log2(M) times per chunk). A prefill (`prefill`)
+      runs `F.linear` on the concatenated weight (MKL).
+    - "onednn" (other x86, e.g. AMD, where MKL takes its AVX2 path): concatenated and reordered ONCE into
+      oneDNN's blocked layout; a decode step's [16, hidden] matmuls ran ~2x faster than `F.linear`, which
+      repacks the weight on every call; a prefill's rows are bucketed (`fast_linear.bucketed_linear`).
+    - None (GPU, other dtypes): the modules' own weights as they are, no copy.
+
+    The same float32 arithmetic in every kind (ulp-level differences in summation order); the packed copy
+    (and for "mkl" the concatenated weight of q/k/v and gate/up) is the extra memory."""
+
+    def __init__(self, mods: list, kind: str | None):
+        self.parts, self.kind, self.packed, self.bias, self.rows = [(m.weight, m.bias) for m in mods], kind, None, None, 0
+        if kind is not None:
             self.bias = _cat_bias(*mods)
+            self.weight = mods[0].weight if len(mods) == 1 else torch.cat([m.weight for m in mods])
+        if kind == "onednn":
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
+            self.weight = None
 
     def __call__(self, x: Tensor) -> Tensor:
+        if self.kind == "mkl":
+            m = x.shape[0]
+            if m != self.rows and not self.rows // 2 < m < self.rows:
+                self.packed, self.rows = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, m), m
+                self.pad = x.new_zeros((m, x.shape[1]))
+            if m < self.rows:   # rows finished: padded up to the packed row count, the extra outputs dropped
+                self.pad[:m].copy_(x)
+                return torch.ops.mkl._mkl_linear(self.pad, self.packed, self.weight, self.bias, self.rows)[:m]
+            return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, self.bias, m)
         if self.packed is not None:
             if x.shape[0] <= 64:   # a decode step's rows (or a short prefill): at most 64 shapes, called as is
                 return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -100,21 +124,52 @@ class _Linear:
             return F.linear(x, *self.parts[0])
         return torch.cat([F.linear(x, w, b) for w, b in self.parts], dim=-1)
 
+    def prefill(self, x: Tensor) -> Tensor:
+        """The same product for a prefill's B x T rows (a count seen once): "mkl" runs `F.linear` (MKL) on the
+        concatenated weight rather than packing it for that count."""
+        return F.linear(x, self.weight, self.bias) if self.kind == "mkl" else self(x)
 
-def onednn_usable(weight: Tensor) -> bool:
-    """oneDNN's prepacked linear applies: float32 weights on a CPU build with mkldnn."""
-    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+KINDS = ("mkl", "onednn")
 
 
-def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """transformers' LlamaRMSNorm, op for op (float32 statistics, weight applied in the input dtype); for
-    float32 input the same ops without its two no-op casts, the sum and rsqrt in place (same values)."""
+def linear_kind(weight: Tensor) -> str | None:
+    """Which `_Linear` kind decodes with `weight`: None unless float32 on a CPU; then "onednn" where
+    `fast_linear.onednn_pays()` (non-Intel x86, or `POSTTRAIN_ONEDNN_LINEAR=1`), else "mkl" where torch has MKL's
+    packed sgemm (Intel), else "onednn" where oneDNN is there, else None."""
+    from posttrain.core.fast_linear import onednn_pays
+
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        return None
+    if not onednn_pays() and mkl_packed_available():
+        return "mkl"
+    return "onednn" if hasattr(torch.ops.mkldnn, "_reorder_linear_weight") else None
+
+
+def mkl_packed_available() -> bool:
+    return (torch.backends.mkl.is_available() and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight") and hasattr(torch.ops.mkl, "_mkl_linear"))
+
+
+def _rms(x: Tensor, weight: Tensor, eps: tuple[Tensor, Tensor]) -> Tensor:
+    """transformers' LlamaRMSNorm, op for op (float32 statistics, weight applied in the input dtype); `eps`
+    (`rms_consts`: 0-dim float32 tensors, epsilon and the width) is applied as a float32 value, as torch
+    applies the Python float. For float32 input the same values with fewer calls: x * x for x.pow(2) (torch's
+    pow computes that product), `mean` as the sum and division it runs on a CPU, the division and the + eps in
+    one `addcdiv` (eps + sum / width: the same two roundings), no no-op casts, rsqrt in place; and no Python
+    float wrapped and converted per call (mean's width and the eps: ~18 scalar copies a decode step)."""
+    eps, width = eps
     if x.dtype == torch.float32:
-        return weight * (x * x.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_())
+        return weight * (x * torch.addcdiv(eps, (x * x).sum(-1, keepdim=True), width).rsqrt_())
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
+
+
+def rms_consts(eps: float, width: int, device) -> tuple[Tensor, Tensor]:
+    """(eps, width) as 0-dim float32 tensors for `_rms`."""
+    return (torch.tensor(eps, dtype=torch.float32, device=device),
+            torch.tensor(float(width), dtype=torch.float32, device=device))
 
 
 def _rotate(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
@@ -133,15 +188,17 @@ def _cat_bias(*mods) -> Tensor | None:
 class LeanLlama:
     """The decoder of a supported model as plain tensors, taken when built (build one per `generate`)."""
 
-    def __init__(self, model, capacity: int, onednn: bool | None = None):
+    def __init__(self, model, capacity: int, kind: str | None = "auto"):
         cfg, inner = model.config, model.model
         self.heads, self.kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.eps = cfg.rms_norm_eps
+        self.eps = rms_consts(cfg.rms_norm_eps, cfg.hidden_size, inner.embed_tokens.weight.device)
         self.embed = inner.embed_tokens.weight
         self.norm = inner.norm.weight
         head = model.get_output_embeddings()
-        fast = onednn_usable(head.weight) if onednn is None else onednn
+        fast = linear_kind(head.weight) if kind == "auto" else kind
+        if fast not in KINDS + (None,):
+            raise ValueError(f"LeanLlama: kind must be 'auto', {KINDS} or None, got {fast!r}")
         self.head = _Linear([head], fast)
         self.layers = []
         for layer in inner.layers:
@@ -168,15 +225,15 @@ class LeanLlama:
         cos, sin = self.rope(pos)[:, None], self.rope(pos, sin=True)[:, None]  # [B, 1, T, D]
         x = F.embedding(ids.reshape(-1), self.embed)                          # [B * T, hidden]
         for L, (kc, vc) in zip(self.layers, cache):
-            qkv = L["qkv"](_rms(x, L["ln1"], self.eps)).view(b, t, h + 2 * kv, d).transpose(1, 2)
+            qkv = L["qkv"].prefill(_rms(x, L["ln1"], self.eps)).view(b, t, h + 2 * kv, d).transpose(1, 2)
             qk = _rotate(qkv[:, :h + kv], cos, sin)
             kc[:, :, slot:slot + t] = qk[:, h:]
             vc[:, :, slot:slot + t] = qkv[:, h + kv:]
             att = F.scaled_dot_product_attention(qk[:, :h], kc[:, :, :slot + t], vc[:, :, :slot + t], attn_mask=mask,
                                                  scale=L["scale"], enable_gqa=h != kv)
-            x = x + L["o"](att.transpose(1, 2).reshape(b * t, h * d))
-            gate, up = L["gu"](_rms(x, L["ln2"], self.eps)).chunk(2, dim=-1)
-            x = x + L["down"](F.silu(gate) * up)
+            x = x + L["o"].prefill(att.transpose(1, 2).reshape(b * t, h * d))
+            gate, up = L["gu"].prefill(_rms(x, L["ln2"], self.eps)).chunk(2, dim=-1)
+            x = x + L["down"].prefill(F.silu(gate) * up)
         return _rms(x, self.norm, self.eps).view(b, t, -1)
 
     def rope(self, pos: Tensor, sin: bool = False) -> Tensor:
@@ -203,9 +260,9 @@ class LeanLlama:
             x = x + L["down"](F.silu(gate) * up)
         return _rms(x, self.norm, self.eps)
 
-    def logits(self, hidden: Tensor) -> Tensor:
-        """float32 logits [B, V] of hidden states [B, hidden]."""
-        return self.head(hidden).float()
+    def logits(self, hidden: Tensor, prefill: bool = False) -> Tensor:
+        """float32 logits [B, V] of hidden states [B, hidden] (`prefill`: rows of a prefill, see `_Linear`)."""
+        return (self.head.prefill(hidden) if prefill else self.head(hidden)).float()
 
 
 def prefill_mask(attention_mask: Tensor) -> Tensor:
@@ -215,3 +272,60 @@ def prefill_mask(attention_mask: Tensor) -> Tensor:
     causal = torch.ones((w, w), dtype=torch.bool, device=attention_mask.device).tril_()
     eye = torch.eye(w, dtype=torch.bool, device=attention_mask.device)
     return (causal & attention_mask.bool()[:, None, :] | eye)[:, None]
+
+
+COMPACT = 0.75   # `hf.HFBackend._lean_chunk` compacts its batch when at most this share of its rows is live
+
+
+class DecodeRows:
+    """The decode batch of `hf.HFBackend._lean_chunk`: `rows` (each batch row's output row), which are `live`
+    (None: all), the next `tokens`, positions `pos`, additive key mask `keys`, KV `cache`, and the outputs
+    [step, output row] `out_tok` / `out_lp` with each output row's `length`."""
+
+    def __init__(self, keys: Tensor, pos: Tensor, cache: list, budget: int, pad_id: int):
+        rows = len(pos)
+        self.keys, self.pos, self.cache, self.live, self.tokens = keys, pos, cache, None, None
+        self.rows = self.all = torch.arange(rows, device=pos.device)
+        self.out_tok = torch.full((budget, rows), pad_id, dtype=torch.long, device=pos.device)
+        self.out_lp = torch.zeros((budget, rows), dtype=torch.float32, device=pos.device)
+        self.length = torch.full((rows,), budget, dtype=torch.long, device=pos.device)
+
+    def uniforms(self, us: Tensor | None, step: int, generator, params) -> tuple:
+        """(generator, u) for `sample_next`: the rows' own stream values, or with finished rows in the batch,
+        the generator's draws for the live rows only (as the transformers path, which drops them, draws)."""
+        full = len(self.rows) == len(self.all)
+        if us is not None:
+            return None, us[step] if full else us[step].index_select(0, self.rows.cpu())
+        if self.live is None or params.greedy:
+            return generator, None
+        u = torch.zeros(len(self.rows), device=self.rows.device)
+        u[self.live] = torch.rand(int(self.live.sum()), generator=generator, device=self.rows.device)
+        return None, u
+
+    def record(self, step: int, tokens: Tensor, lps: Tensor) -> None:
+        self.tokens = tokens
+        if len(self.rows) == len(self.all):
+            self.out_tok[step], self.out_lp[step] = tokens, lps
+        else:
+            self.out_tok[step].index_copy_(0, self.rows, tokens)
+            self.out_lp[step].index_copy_(0, self.rows, lps)
+
+    def finish(self, step: int, done: Tensor) -> bool:
+        """Rows that sampled an end at `step`; True when no row is left."""
+        if self.live is not None:
+            done = done & self.live
+            if not bool(done.any()):
+                return False
+        self.length[self.rows[done]] = step + 1
+        self.live = ~done if self.live is None else self.live & ~done
+        live = int(self.live.sum())
+        if live == 0:
+            return True
+        if live <= COMPACT * len(self.rows):
+            self.compact(torch.nonzero(self.live).squeeze(1))
+        return False
+
+    def compact(self, keep: Tensor) -> None:
+        self.rows, self.tokens, self.keys, self.pos = self.rows[keep], self.tokens[keep], self.keys[keep], self.pos[keep]
+        self.cache = [(k[keep], v[keep]) for k, v in self.cache]
+        self.live = None
