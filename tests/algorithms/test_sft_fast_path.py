@@ -139,3 +139,26 @@ def test_eager_attention_falls_back_to_padded(tiny_model_dir, tmp_path):
     norm = type("N", (), {"num_items": batch.num_items})()
     loss, _ = eng.algo.loss(eng.model, batch, norm)
     assert torch.isfinite(loss)
+
+
+def test_packed_and_padding_free_batches_run_the_same_decoder_row(tiny_model_dir, tmp_path):
+    """The same examples, packed (`data.packing`) or padded and run padding-free (the default), reach the
+    decoder as the same single row: equal input ids and position ids (restarting per example), so both paths
+    do the same work per step (bench/README.md, "SFT packed vs padded: the same work"); equal losses."""
+    _uneven_sft_jsonl(tmp_path / "d.jsonl")
+    rows, losses = {}, {}
+    for packing in ("true", "false"):
+        eng = _engine(tiny_model_dir, tmp_path, **{"data.packing": packing})
+        batch = eng.algo.micro_batches(0)[0]
+        seen = []
+        hook = eng.model.get_decoder().register_forward_pre_hook(
+            lambda mod, args, kw: seen.append((kw["input_ids"].clone(), kw["position_ids"].clone())), with_kwargs=True)
+        norm = type("N", (), {"num_items": batch.num_items})()
+        with torch.no_grad():
+            losses[packing] = eng.algo.loss(eng.model, batch, norm)[0]
+        hook.remove()
+        assert len(seen) == 1 and seen[0][0].shape[0] == 1
+        rows[packing] = seen[0]
+    assert torch.equal(rows["true"][0], rows["false"][0]) and torch.equal(rows["true"][1], rows["false"][1])
+    assert int((rows["true"][1] == 0).sum()) == 8  # eight examples, each restarting at position 0
+    torch.testing.assert_close(losses["true"], losses["false"], atol=1e-6, rtol=1e-6)
