@@ -3,10 +3,15 @@ prompts of grpo.jsonl x 8 samples, at most 128 new tokens, T=1, top_p 1, top_k 0
 process CPU time (which leaves out the time the hypervisor steals), after one warm-up call. Prints one line:
 median and min CPU seconds per generate, every repeat, the completion tokens and the sum of their log-probs (the
 same work when equal). `--linears` instead times the 17 matmuls of one decode step (16 rows) on each prepacked
-kind of `rollout/lean.py` (`_Linear`: "mkl", "onednn") and `F.linear`, weights streamed as in a step.
+kind of `rollout/lean.py` (`_Linear`: "mkl", "onednn") and `F.linear`, weights streamed as in a step; with
+`--flush-mb N` an N MB buffer is summed between steps (its time left out), as a decode step's attention streams
+its KV cache between two steps' weights: whether the matmuls wait on memory. `--parts` splits the WALL time of
+each generate into the decode's linears (`_Linear`), its attention (SDPA) and the rest (norms, rotary, cache
+writes, sampling, Python): at 2 threads, what the second core can share and what runs serially.
 
   PYTHONPATH=src python bench/decode_cpu.py --fixture bench/.trl-harness/fixture [--threads 1] [--repeats 7] [--model tiny-llama-l]
-  PYTHONPATH=src python bench/decode_cpu.py --fixture bench/.trl-harness/fixture --linears
+  PYTHONPATH=src python bench/decode_cpu.py --fixture bench/.trl-harness/fixture --linears [--threads 2] [--flush-mb 16]
+  PYTHONPATH=src python bench/decode_cpu.py --fixture bench/.trl-harness/fixture --parts --threads 2
 
 Compare two versions by running each from its own source tree (PYTHONPATH), alternately, and reading medians.
 """
@@ -19,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 
-def generate_cpu(fixture: str, repeats: int, model_name: str = "tiny-llama") -> str:
+def _bench_generate(fixture: str, model_name: str):
+    """(generate, out) for the bench's work: `generate()` runs it once; `out` is a warm-up call's result."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from posttrain.rollout.base import SamplingParams
@@ -31,11 +37,16 @@ def generate_cpu(fixture: str, repeats: int, model_name: str = "tiny-llama") -> 
     rows = [json.loads(line) for line in open(f"{fixture}/data/grpo.jsonl")][:2]
     prompts = [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
     params = SamplingParams(max_new_tokens=128, temperature=1.0, top_p=1.0, top_k=0, seeds=[1, 2])
-    backend.generate(prompts, 8, params)
+    return lambda: backend.generate(prompts, 8, params)
+
+
+def generate_cpu(fixture: str, repeats: int, model_name: str = "tiny-llama") -> str:
+    generate = _bench_generate(fixture, model_name)
+    generate()
     times = []
     for _ in range(repeats):
         t = time.process_time()
-        out = backend.generate(prompts, 8, params)
+        out = generate()
         times.append(time.process_time() - t)
     tokens = sum(len(c) for c in out.completion_ids)
     logps = sum(map(sum, out.completion_logps))
@@ -43,7 +54,40 @@ def generate_cpu(fixture: str, repeats: int, model_name: str = "tiny-llama") -> 
             f"{' '.join(f'{t:.3f}' for t in times)}; tokens {tokens}, sum of log-probs {logps:.3f}")
 
 
-def linears_cpu(rows: int = 16, reps: int = 200) -> str:
+def generate_parts(fixture: str, repeats: int, model_name: str = "tiny-llama") -> str:
+    """Wall ms per generate: total, in `_Linear` calls (decode and prefill), in SDPA, and the rest."""
+    from posttrain.rollout import lean
+
+    generate, spent = _bench_generate(fixture, model_name), {"linears": 0.0, "attention": 0.0}
+
+    def timed(fn, key):
+        def run(*args, **kwargs):
+            t = time.perf_counter()
+            out = fn(*args, **kwargs)
+            spent[key] += time.perf_counter() - t
+            return out
+        return run
+
+    generate()
+    call, prefill, sdpa = lean._Linear.__call__, lean._Linear.prefill, lean.F.scaled_dot_product_attention
+    lean._Linear.__call__, lean._Linear.prefill = timed(call, "linears"), timed(prefill, "linears")
+    lean.F.scaled_dot_product_attention = timed(sdpa, "attention")
+    rows = []
+    try:
+        for _ in range(repeats):
+            spent.update(linears=0.0, attention=0.0)
+            t = time.perf_counter()
+            generate()
+            total = time.perf_counter() - t
+            rows.append((total, spent["linears"], spent["attention"], total - spent["linears"] - spent["attention"]))
+    finally:
+        lean._Linear.__call__, lean._Linear.prefill, lean.F.scaled_dot_product_attention = call, prefill, sdpa
+    med = [statistics.median(r[i] for r in rows) * 1e3 for i in range(4)]
+    return ("generate wall ms (median of {}): total {:.0f}, linears {:.0f}, attention {:.0f}, rest {:.0f}"
+            .format(repeats, *med))
+
+
+def linears_cpu(rows: int = 16, reps: int = 200, flush_mb: int = 0) -> str:
     from posttrain.rollout.lean import _Linear, mkl_packed_available
 
     shapes = [(256, 768), (256, 256), (256, 1376), (688, 256)] * 4 + [(256, 2048)]   # tiny-llama's step
@@ -55,16 +99,24 @@ def linears_cpu(rows: int = 16, reps: int = 200) -> str:
     if mkl_packed_available():
         runs["mkl"] = [_Linear([m], "mkl") for m in mods]
     best = {k: float("inf") for k in runs}
+    clock = time.perf_counter if flush_mb or torch.get_num_threads() > 1 else time.process_time
+    flush = torch.ones(flush_mb * 262144) if flush_mb else None
     for _ in range(3):   # interleaved rounds, min per kind
         for name, fns in runs.items():
             for f, x in zip(fns, xs):
                 f(x)
-            t = time.process_time()
+            spent = 0.0
             for _ in range(reps):
+                if flush is not None:
+                    flush.sum()   # evicts the weights from the caches, as a step's attention does
+                t = clock()
                 for f, x in zip(fns, xs):
                     f(x)
-            best[name] = min(best[name], (time.process_time() - t) / reps * 1e6)
-    return "17 linears of a decode step, us CPU (min of 3): " + ", ".join(f"{k} {v:.0f}" for k, v in best.items())
+                spent += clock() - t
+            best[name] = min(best[name], spent / reps * 1e6)
+    unit = "wall" if clock is time.perf_counter else "CPU"
+    return (f"17 linears of a decode step, us {unit} (min of 3, {torch.get_num_threads()} threads, {flush_mb} MB "
+            "read between steps): " + ", ".join(f"{k} {v:.0f}" for k, v in best.items()))
 
 
 def main():
@@ -74,10 +126,17 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--model", default="tiny-llama", help="a model folder of the fixture (tiny-llama-l: the 27M one)")
     ap.add_argument("--linears", action="store_true")
+    ap.add_argument("--flush-mb", type=int, default=0, help="with --linears: MB read between steps")
+    ap.add_argument("--parts", action="store_true", help="wall time of a generate split: linears, attention, rest")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     with torch.no_grad():
-        print(linears_cpu() if a.linears else generate_cpu(a.fixture, a.repeats, a.model))
+        if a.linears:
+            print(linears_cpu(flush_mb=a.flush_mb))
+        elif a.parts:
+            print(generate_parts(a.fixture, a.repeats, a.model))
+        else:
+            print(generate_cpu(a.fixture, a.repeats, a.model))
 
 
 if __name__ == "__main__":
