@@ -176,15 +176,38 @@ def test_decode_step_equals_forward_bit_for_bit(tiny, kind, monkeypatch):
         keys[0, ..., :2] = float("-inf")
         tok, nxt = torch.tensor([5, 6, 7]), pos[:, -1] + 1
         ref = lean.forward(tok[:, None], nxt[:, None], a, 6, keys)[:, 0]
-        got = lean.step(tok, lean.rope(nxt)[:, None], lean.rope(nxt, sin=True)[:, None], b, 6, keys)
+        got = lean.step(tok, lean.rope(nxt), b, 6, keys)
     assert torch.equal(got, ref)
     for (ka, va), (kb, vb) in zip(a, b):
         assert torch.equal(ka[:, :, :7], kb[:, :, :7]) and torch.equal(va[:, :, :7], vb[:, :, :7])
     q = torch.randn(3, 4, 2, lean.dim, generator=torch.Generator().manual_seed(1))
     cos, sin = model.model.rotary_emb(q, position_ids=pos[:, :2])
     want = apply_rotary_pos_emb(q, q, cos, sin)[0]
-    got = _rotate(q, lean.rope(pos[:, :2])[:, None], lean.rope(pos[:, :2], sin=True)[:, None])
+    rope = lean.rope(pos[:, :2])                      # [3, 2, 2, D]: cos, signed sin
+    got = _rotate(q, rope[:, None, :, 0], rope[:, None, :, 1])
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_folded_norm_weight_equals_the_norm_then_the_linear(kind):
+    """`_Linear(parts, kind, norm=w)` (an RMSNorm's weight folded into q/k/v's concatenated copy) computes
+    F.linear(x * w) of each part to float rounding, leaves the modules' weights as they were, and says so
+    (`folded`); kind None (the modules' own weights) never folds."""
+    from posttrain.rollout.lean import _Linear
+
+    skip_unavailable(kind)
+    torch.manual_seed(0)
+    parts = [torch.nn.Linear(32, 24, bias=False), torch.nn.Linear(32, 8, bias=True)]
+    before = [p.weight.clone() for p in parts]
+    w = torch.rand(32) + 0.5
+    lin = _Linear(parts, kind, norm=w)
+    assert lin.folded is (kind is not None)
+    for m in (16, 40):
+        x = torch.randn(m, 32)
+        got = lin.prefill(x) if m == 40 else lin(x)
+        want = torch.cat([F.linear(x * w if lin.folded else x, p.weight, p.bias) for p in parts], dim=-1)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert all(torch.equal(p.weight, b) for p, b in zip(parts, before))
 
 
 @pytest.mark.parametrize("kind", KINDS)

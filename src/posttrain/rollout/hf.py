@@ -337,8 +337,7 @@ class HFBackend:
             if step == budget - 1 or (done.any() and b.finish(step, done)):
                 break
             slot = width + step
-            hidden = lean.step(b.tokens, lean.rope(b.pos)[:, None], lean.rope(b.pos, sin=True)[:, None], b.cache,
-                               slot, b.keys[..., :slot + 1])
+            hidden = lean.step(b.tokens, lean.rope(b.pos), b.cache, slot, b.keys[..., :slot + 1])
             logits = lean.logits(hidden)
             b.pos = b.pos + 1
         n_tok = b.length.tolist()

@@ -95,13 +95,19 @@ class _Linear:
     - None (GPU, other dtypes): the modules' own weights as they are, no copy.
 
     The same float32 arithmetic in every kind (ulp-level differences in summation order); the packed copy
-    (and for "mkl" the concatenated weight of q/k/v and gate/up) is the extra memory."""
+    (and for "mkl" the concatenated weight of q/k/v and gate/up) is the extra memory. `norm`: the weight of the
+    RMSNorm in front of q/k/v or gate/up, folded into the concatenated copy's columns (x_hat w W^T = x_hat
+    (W diag(w))^T: one product per norm fewer each step, values equal to ~1 ulp; `folded` says it was; never
+    for kind None, whose weights are the modules' own)."""
 
-    def __init__(self, mods: list, kind: str | None):
+    def __init__(self, mods: list, kind: str | None, norm: Tensor | None = None):
         self.parts, self.kind, self.packed, self.bias, self.rows = [(m.weight, m.bias) for m in mods], kind, None, None, 0
+        self.folded = kind is not None and norm is not None and len(mods) > 1
         if kind is not None:
             self.bias = _cat_bias(*mods)
             self.weight = mods[0].weight if len(mods) == 1 else torch.cat([m.weight for m in mods])
+        if self.folded:   # the RMSNorm weight before it, in its (already copied) columns: W diag(w)
+            self.weight.mul_(norm)
         if kind == "onednn":
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
             self.weight = None
@@ -151,7 +157,7 @@ def mkl_packed_available() -> bool:
             and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight") and hasattr(torch.ops.mkl, "_mkl_linear"))
 
 
-def _rms(x: Tensor, weight: Tensor, eps: tuple[Tensor, Tensor]) -> Tensor:
+def _rms(x: Tensor, weight: Tensor | None, eps: tuple[Tensor, Tensor]) -> Tensor:
     """transformers' LlamaRMSNorm, op for op (float32 statistics, weight applied in the input dtype); `eps`
     (`rms_consts`: 0-dim float32 tensors, epsilon and the width) is applied as a float32 value, as torch
     applies the Python float. For float32 input the same values with fewer calls: x * x for x.pow(2) (torch's
@@ -160,7 +166,8 @@ def _rms(x: Tensor, weight: Tensor, eps: tuple[Tensor, Tensor]) -> Tensor:
     float wrapped and converted per call (mean's width and the eps: ~18 scalar copies a decode step)."""
     eps, width = eps
     if x.dtype == torch.float32:
-        return weight * (x * torch.addcdiv(eps, (x * x).sum(-1, keepdim=True), width).rsqrt_())
+        h = x * torch.addcdiv(eps, (x * x).sum(-1, keepdim=True), width).rsqrt_()
+        return h if weight is None else weight * h   # None: the weight is folded into the next linear
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
@@ -203,14 +210,17 @@ class LeanLlama:
         self.layers = []
         for layer in inner.layers:
             a, m = layer.self_attn, layer.mlp
+            ln1, ln2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+            qkv = _Linear([a.q_proj, a.k_proj, a.v_proj], fast, ln1 if ln1.dtype == torch.float32 else None)
+            gu = _Linear([m.gate_proj, m.up_proj], fast, ln2 if ln2.dtype == torch.float32 else None)
             self.layers.append(dict(
-                ln1=layer.input_layernorm.weight, ln2=layer.post_attention_layernorm.weight, scale=a.scaling,
-                qkv=_Linear([a.q_proj, a.k_proj, a.v_proj], fast), o=_Linear([a.o_proj], fast),
-                gu=_Linear([m.gate_proj, m.up_proj], fast), down=_Linear([m.down_proj], fast)))
+                ln1=None if qkv.folded else ln1, ln2=None if gu.folded else ln2, scale=a.scaling, qkv=qkv,
+                o=_Linear([a.o_proj], fast), gu=gu, down=_Linear([m.down_proj], fast), inter=m.gate_proj.out_features))
         pos = torch.arange(capacity, device=self.embed.device)[None]
         cos, sin = inner.rotary_emb(self.embed[:1][None], position_ids=pos)   # [1, capacity, D]
         half = self.dim // 2
-        self.cos, self.sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)   # sin signed
+        sin = torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)        # signed, see `_rotate`
+        self.table = torch.stack((cos[0], sin), dim=1)                        # [capacity, 2, D]: one lookup a step
 
     def new_cache(self, rows: int, length: int) -> list[tuple[Tensor, Tensor]]:
         shape = (rows, self.kv, length, self.dim)
@@ -222,7 +232,8 @@ class LeanLlama:
         additive float: 0 seen, -inf not)."""
         b, t = ids.shape
         h, kv, d = self.heads, self.kv, self.dim
-        cos, sin = self.rope(pos)[:, None], self.rope(pos, sin=True)[:, None]  # [B, 1, T, D]
+        rope = self.rope(pos)                                                 # [B, T, 2, D]
+        cos, sin = rope[:, None, :, 0], rope[:, None, :, 1]                   # [B, 1, T, D]
         x = F.embedding(ids.reshape(-1), self.embed)                          # [B * T, hidden]
         for L, (kc, vc) in zip(self.layers, cache):
             qkv = L["qkv"].prefill(_rms(x, L["ln1"], self.eps)).view(b, t, h + 2 * kv, d).transpose(1, 2)
@@ -232,21 +243,22 @@ class LeanLlama:
             att = F.scaled_dot_product_attention(qk[:, :h], kc[:, :, :slot + t], vc[:, :, :slot + t], attn_mask=mask,
                                                  scale=L["scale"], enable_gqa=h != kv)
             x = x + L["o"].prefill(att.transpose(1, 2).reshape(b * t, h * d))
-            gate, up = L["gu"].prefill(_rms(x, L["ln2"], self.eps)).chunk(2, dim=-1)
-            x = x + L["down"].prefill(F.silu(gate) * up)
+            gu, i = L["gu"].prefill(_rms(x, L["ln2"], self.eps)), L["inter"]
+            x = x + L["down"].prefill(F.silu(gu[:, :i]) * gu[:, i:])
         return _rms(x, self.norm, self.eps).view(b, t, -1)
 
-    def rope(self, pos: Tensor, sin: bool = False) -> Tensor:
-        """cos (or signed sin) rows [*pos.shape, D] at positions `pos`."""
-        return (self.sin if sin else self.cos).index_select(0, pos.reshape(-1)).view(*pos.shape, self.dim)
+    def rope(self, pos: Tensor) -> Tensor:
+        """[*pos.shape, 2, D]: the cos and signed sin rows (`_rotate`) at positions `pos`."""
+        return self.table.index_select(0, pos.reshape(-1)).view(*pos.shape, 2, self.dim)
 
-    def step(self, tokens: Tensor, cos: Tensor, sin: Tensor, cache, slot: int, mask: Tensor) -> Tensor:
+    def step(self, tokens: Tensor, rope: Tensor, cache, slot: int, mask: Tensor) -> Tensor:
         """`forward` for one new token per row, the decode loop's call: final hidden states [B, hidden] of
-        `tokens` [B], with `cos` / `sin` [B, 1, D] (`rope(pos)[:, None]`), written to cache slot `slot`;
+        `tokens` [B], at the rows' rotary tables `rope` [B, 2, D] (`rope(pos)`), written to cache slot `slot`;
         `mask` [B, 1, 1, slot + 1]. The same ops as `forward` (values equal bit for bit; test), kept in
         [B, heads, D] (no query axis to transpose in and out) so that the step is ~30 torch calls per
         layer: at these sizes (16 rows, 256 wide) each call costs about what its arithmetic does."""
         b, h, kv, d = tokens.shape[0], self.heads, self.kv, self.dim
+        cos, sin = rope[:, 0:1], rope[:, 1:2]                                   # [B, 1, D]
         x = F.embedding(tokens, self.embed)                                     # [B, hidden]
         for L, (kc, vc) in zip(self.layers, cache):
             qkv = L["qkv"](_rms(x, L["ln1"], self.eps)).view(b, h + 2 * kv, d)
@@ -256,8 +268,8 @@ class LeanLlama:
             att = F.scaled_dot_product_attention(qk[:, :h, None], kc[:, :, :slot + 1], vc[:, :, :slot + 1],
                                                  attn_mask=mask, scale=L["scale"], enable_gqa=h != kv)
             x = x + L["o"](att.reshape(b, h * d))   # a view at T = 1 (no copy)
-            gate, up = L["gu"](_rms(x, L["ln2"], self.eps)).chunk(2, dim=-1)
-            x = x + L["down"](F.silu(gate) * up)
+            gu, i = L["gu"](_rms(x, L["ln2"], self.eps)), L["inter"]
+            x = x + L["down"](F.silu(gu[:, :i]) * gu[:, i:])
         return _rms(x, self.norm, self.eps)
 
     def logits(self, hidden: Tensor, prefill: bool = False) -> Tensor:
