@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 
 def _bench_generate(fixture: str, model_name: str):
-    """(generate, out) for the bench's work: `generate()` runs it once; `out` is a warm-up call's result."""
+    """A function that runs the bench's generate once (model, tokenizer and prompts loaded here)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from posttrain.rollout.base import SamplingParams
@@ -129,6 +129,8 @@ def main():
     ap.add_argument("--flush-mb", type=int, default=0, help="with --linears: MB read between steps")
     ap.add_argument("--parts", action="store_true", help="wall time of a generate split: linears, attention, rest")
     a = ap.parse_args()
+    if a.flush_mb and not a.linears:
+        ap.error("--flush-mb applies to --linears only")
     torch.set_num_threads(a.threads)
     with torch.no_grad():
         if a.linears:

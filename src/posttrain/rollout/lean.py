@@ -102,7 +102,8 @@ class _Linear:
 
     def __init__(self, mods: list, kind: str | None, norm: Tensor | None = None):
         self.parts, self.kind, self.packed, self.bias, self.rows = [(m.weight, m.bias) for m in mods], kind, None, None, 0
-        self.folded = kind is not None and norm is not None and len(mods) > 1
+        # only into a copy made here (several parts concatenated), in the weight's own dtype
+        self.folded = kind is not None and norm is not None and len(mods) > 1 and norm.dtype == mods[0].weight.dtype
         if kind is not None:
             self.bias = _cat_bias(*mods)
             self.weight = mods[0].weight if len(mods) == 1 else torch.cat([m.weight for m in mods])
@@ -211,8 +212,7 @@ class LeanLlama:
         for layer in inner.layers:
             a, m = layer.self_attn, layer.mlp
             ln1, ln2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
-            qkv = _Linear([a.q_proj, a.k_proj, a.v_proj], fast, ln1 if ln1.dtype == torch.float32 else None)
-            gu = _Linear([m.gate_proj, m.up_proj], fast, ln2 if ln2.dtype == torch.float32 else None)
+            qkv, gu = _Linear([a.q_proj, a.k_proj, a.v_proj], fast, ln1), _Linear([m.gate_proj, m.up_proj], fast, ln2)
             self.layers.append(dict(
                 ln1=None if qkv.folded else ln1, ln2=None if gu.folded else ln2, scale=a.scaling, qkv=qkv,
                 o=_Linear([a.o_proj], fast), gu=gu, down=_Linear([m.down_proj], fast), inter=m.gate_proj.out_features))
