@@ -56,7 +56,8 @@ class Engine:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
-        from posttrain.core.strategy import accelerator_kwargs, make_strategy
+        from posttrain.core.allocator import keep_freed_memory
+        from posttrain.core.strategy import accelerator_kwargs, launcher_mismatch, make_strategy
         from posttrain.core.threads import pick_threads
 
         self.cfg, self.algo = cfg, algorithm
@@ -73,6 +74,8 @@ class Engine:
         self.strategy = make_strategy(cfg, self.accelerator, self.say)
         apply_global_batch(cfg, self.world)
         self.say(f"CPU threads per process: {threads} ({why})")
+        if self.accelerator.device.type == "cpu":
+            keep_freed_memory()   # freed tensors stay mapped for the next step (core/allocator.py)
         self.ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
         self._check_resume_config()
         set_seed(cfg.seed)
@@ -99,8 +102,6 @@ class Engine:
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
         self.strategy.prepare(self)
-        from posttrain.core.strategy import launcher_mismatch
-
         if (warning := launcher_mismatch(self.world)) is not None:
             self.say(warning)
         self.say(f"world size {self.world}, strategy {self.strategy.describe()}, device {self.device}, "
