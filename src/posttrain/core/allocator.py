@@ -5,9 +5,10 @@ torch allocates CPU tensors with the C library's malloc. glibc serves a large bl
 and returns it with `munmap` when freed, and it gives the top of its heap back to the system once more
 than `M_TRIM_THRESHOLD` is free there. Every training step allocates and frees the same activations,
 logits and gradients again, so each step maps them anew: every 4 KiB page is faulted in and zero-filled
-by the kernel before torch writes it. A GRPO step of the bench's tiny-llama took 14,000-32,000 minor page
-faults (`resource.getrusage`), a slowdown of every elementwise pass that touches a fresh buffer (e.g. a
-[2048, 2048] float32 `exp` took ~9 ms where a warm one takes ~2).
+by the kernel before torch writes it. A GRPO step of the bench's tiny-llama took up to ~32,000 minor page
+faults (`resource.getrusage`; up to 0.15 s of system time), and every pass that writes a fresh buffer pays
+for it: a [2048, 2048] float32 `exp` into a new tensor took 15.2 ms, 6.6 ms with the memory kept
+(bench/README.md, "Freed memory kept mapped").
 
 `keep_freed_memory()` sets both thresholds once per process (`mallopt`): blocks up to `MMAP_THRESHOLD`
 (glibc's maximum on 64-bit, 32 MiB) come from the heap, and freed memory stays in it for the next step
