@@ -66,6 +66,6 @@ def test_the_engine_keeps_freed_memory_when_it_trains_on_a_cpu(tiny_model_dir, t
     calls = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
     data = write_sft_jsonl(tmp_path / "train.jsonl", n=8)
-    Engine(load_config(SFTConfig, None, sft_overrides(tiny_model_dir, data, str(tmp_path / "out"))),
-           SFT(load_config(SFTConfig, None, sft_overrides(tiny_model_dir, data, str(tmp_path / "out")))))
+    cfg = load_config(SFTConfig, None, sft_overrides(tiny_model_dir, data, str(tmp_path / "out")))
+    Engine(cfg, SFT(cfg))
     assert calls == [1]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 M_TRIM_THRESHOLD = -1            # glibc's <malloc.h> parameter numbers
 M_MMAP_THRESHOLD = -3
@@ -38,7 +37,7 @@ def keep_freed_memory() -> bool:
     if _done is not None:
         return _done
     _done = False
-    if os.environ.get("POSTTRAIN_MALLOC", "").strip().lower() == "system" or platform.libc_ver()[0] != "glibc":
+    if os.environ.get("POSTTRAIN_MALLOC", "").strip().lower() == "system" or not _running_glibc():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -47,3 +46,11 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _done
+
+
+def _running_glibc() -> bool:
+    """The C library this process runs on is glibc (asked of it, rather than read from the python binary)."""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (AttributeError, ValueError, OSError):   # not a POSIX confstr, or no such name: not glibc
+        return False
