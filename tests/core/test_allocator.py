@@ -3,14 +3,14 @@ training step's activations are not mapped (and faulted in page by page) anew ev
 
 Each check runs in a fresh interpreter: the thresholds are process-wide and set once."""
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="mallopt thresholds are glibc's")
+from posttrain.core.allocator import _running_glibc
+
+pytestmark = pytest.mark.skipif(not _running_glibc(), reason="mallopt thresholds are glibc's")
 
 # For float32 tensors of 1, 16 and 30 MiB: by how many MiB glibc's mmapped blocks and its heap grew while the
 # tensor was alive, and by how much the heap changed when it was freed (glibc's `mallinfo2`).
