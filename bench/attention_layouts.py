@@ -11,6 +11,11 @@ template, then chosen, then rejected as a branch of the prompt), tiny-llama's 4 
            front, ONE causal SDPA call, the outputs gathered back (index_select both ways)
   pairs    each pair's two sequences as one right-padded [2, H, L, D] causal batch (8 calls)
   math     `padded`'s gathers with matmul + masked softmax + matmul instead of SDPA
+  prefixed each sequence alone, a rejected with its prompt's queries, keys and values in front so that it runs
+           `is_causal` (no mask); the prompt's outputs of a rejected are dropped
+
+Index plans and masks are built once per batch, outside the timed calls (training would build them once per
+forward and share them across layers); varlen builds what it builds per call, as training does.
 
 Every layout's output and q/k/v gradients are compared with varlen's (max abs difference, printed).
 """
@@ -69,7 +74,21 @@ def gather_plan(seqs) -> tuple[torch.Tensor, torch.Tensor, int]:
     return idx, torch.tensor(out), lmax
 
 
-def varlen(q, k, v, pos, plan, seqs):
+def make_plans(seqs) -> dict:
+    """Everything the layouts index with, built once per batch: the padded plan, its causal mask, and each pair's
+    and each sequence's own gather index."""
+    plan = gather_plan(seqs)
+    lmax = plan[2]
+    pairs = []
+    for a, b in zip(seqs[0::2], seqs[1::2]):
+        width = max(len(a[0]), len(b[0]))
+        idx = torch.tensor([ix + [0] * (width - len(ix)) for ix, _ in (a, b)]).reshape(-1)
+        pairs.append((idx, width, len(a[0]), b[1], len(b[0])))
+    return dict(padded=plan, causal=torch.ones(lmax, lmax, dtype=torch.bool).tril_(), pairs=pairs,
+                alone=[(torch.tensor(ix), q0) for ix, q0 in seqs])
+
+
+def varlen(q, k, v, pos, plans):
     from posttrain.core.varlen_attention import varlen_sdpa_forward
 
     return varlen_sdpa_forward(None, q, k, v, None, scaling=DIM ** -0.5, position_ids=pos)[0]
@@ -86,38 +105,41 @@ def _scattered(o, plan):
     return o.transpose(1, 2).reshape(idx.shape[0] * lmax, HEADS, DIM).index_select(0, out)[None]
 
 
-def padded(q, k, v, pos, plan, seqs):
-    qb, kb, vb = _gathered(q, k, v, plan)
-    return _scattered(F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=DIM ** -0.5), plan)
+def padded(q, k, v, pos, plans):
+    qb, kb, vb = _gathered(q, k, v, plans["padded"])
+    o = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=DIM ** -0.5)
+    return _scattered(o, plans["padded"])
 
 
-def math(q, k, v, pos, plan, seqs):
-    qb, kb, vb = _gathered(q, k, v, plan)
-    lmax = plan[2]
-    causal = torch.ones(lmax, lmax, dtype=torch.bool).tril_()
-    scores = (qb @ kb.transpose(-1, -2)).mul_(DIM ** -0.5).masked_fill_(~causal, float("-inf"))
-    return _scattered(scores.softmax(-1) @ vb, plan)
+def math(q, k, v, pos, plans):
+    qb, kb, vb = _gathered(q, k, v, plans["padded"])
+    scores = (qb @ kb.transpose(-1, -2)).mul_(DIM ** -0.5).masked_fill_(~plans["causal"], float("-inf"))
+    return _scattered(scores.softmax(-1) @ vb, plans["padded"])
 
 
-def pairs(q, k, v, pos, plan, seqs):
+def pairs(q, k, v, pos, plans):
     outs = []
-    for a, b in zip(seqs[0::2], seqs[1::2]):
-        lmax = max(len(a[0]), len(b[0]))
-        rows = [torch.tensor(ix + [0] * (lmax - len(ix))) for ix, _ in (a, b)]
-        idx = torch.stack(rows).reshape(-1)
-        qb, kb, vb = (x[0].index_select(1, idx).view(HEADS, 2, lmax, DIM).transpose(0, 1) for x in (q, k, v))
+    for idx, width, n_a, q0_b, n_b in plans["pairs"]:
+        qb, kb, vb = (x[0].index_select(1, idx).view(HEADS, 2, width, DIM).transpose(0, 1) for x in (q, k, v))
         o = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=DIM ** -0.5)
-        outs += [o[0, :, :len(a[0])], o[1, :, b[1]:len(b[0])]]
+        outs += [o[0, :, :n_a], o[1, :, q0_b:n_b]]
     return torch.cat(outs, dim=1).transpose(0, 1)[None]
 
 
-LAYOUTS = {"varlen": varlen, "padded": padded, "pairs": pairs, "math": math}
+def prefixed(q, k, v, pos, plans):
+    outs = []
+    for idx, q0 in plans["alone"]:
+        qs, ks, vs = (x.index_select(2, idx) for x in (q, k, v))
+        outs.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=DIM ** -0.5)[:, :, q0:])
+    return torch.cat(outs, dim=2).transpose(1, 2)
+
+
+LAYOUTS = {"varlen": varlen, "padded": padded, "pairs": pairs, "math": math, "prefixed": prefixed}
 
 
 def time_layouts(batch, repeats: int = 5, calls: int = 10) -> dict:
     pos = position_ids(batch)
-    seqs = sequences(pos)
-    plan = gather_plan(seqs)
+    plans = make_plans(sequences(pos))
     n = pos.shape[1]
     q, k, v = (torch.randn(1, HEADS, n, DIM, requires_grad=True) for _ in range(3))
     g = torch.randn(1, n, HEADS, DIM)
@@ -126,7 +148,7 @@ def time_layouts(batch, repeats: int = 5, calls: int = 10) -> dict:
     for name, f in LAYOUTS.items():
         for x in (q, k, v):
             x.grad = None
-        o = f(q, k, v, pos, plan, seqs)
+        o = f(q, k, v, pos, plans)
         o.backward(g)
         got = [o.detach()] + [x.grad.clone() for x in (q, k, v)]
         ref = ref or got
@@ -136,10 +158,10 @@ def time_layouts(batch, repeats: int = 5, calls: int = 10) -> dict:
         for name, f in LAYOUTS.items():
             t = time.perf_counter()
             for _ in range(calls):
-                f(q, k, v, pos, plan, seqs).backward(g)
+                f(q, k, v, pos, plans).backward(g)
             times[name].append((time.perf_counter() - t) / calls * 1e3)
     res.update({name: round(statistics.median(ts), 2) for name, ts in times.items()})
-    res.update(tokens=n, lmax=plan[2])
+    res.update(tokens=n, lmax=plans["padded"][2])
     return res
 
 
