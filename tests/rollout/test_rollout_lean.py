@@ -156,7 +156,7 @@ def test_decode_step_equals_forward_bit_for_bit(tiny, kind, monkeypatch):
     (A prefill's "mkl" products run unpacked, equal to ~1e-7, not bit for bit: here both sides pack.)"""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    from posttrain.rollout.lean import LeanLlama, _Linear, _rotate, prefill_mask
+    from posttrain.rollout.lean import LeanLlama, _Linear, _rotate, prefill_mask, with_views
 
     skip_unavailable(kind)
     monkeypatch.setattr(_Linear, "prefill", _Linear.__call__)
@@ -169,23 +169,27 @@ def test_decode_step_equals_forward_bit_for_bit(tiny, kind, monkeypatch):
     with torch.no_grad():
         a, b = lean.new_cache(3, 10), lean.new_cache(3, 10)
         lean.forward(ids, pos, a, 0, prefill_mask(mask))
-        for (ka, va), (kb, vb) in zip(a, b):
-            kb.copy_(ka)
-            vb.copy_(va)
+        for (ca, _, _), (cb, _, _) in zip(a, b):
+            cb.copy_(ca)
         keys = torch.zeros(3, 1, 1, 7)
         keys[0, ..., :2] = float("-inf")
         tok, nxt = torch.tensor([5, 6, 7]), pos[:, -1] + 1
         ref = lean.forward(tok[:, None], nxt[:, None], a, 6, keys)[:, 0]
         got = lean.step(tok, lean.rope(nxt), b, 6, keys)
-    assert torch.equal(got, ref)
-    for (ka, va), (kb, vb) in zip(a, b):
-        assert torch.equal(ka[:, :, :7], kb[:, :, :7]) and torch.equal(va[:, :, :7], vb[:, :, :7])
-    q = torch.randn(3, 4, 2, lean.dim, generator=torch.Generator().manual_seed(1))
+        # rows that see every key: no mask is the same as an all-zero additive one
+        free = [lean.step(tok[1:], lean.rope(nxt[1:]), [with_views(c[1:].clone()) for c, _, _ in b], 6, m)
+                for m in (None, keys[1:])]
+    assert torch.equal(got, ref) and torch.equal(*free)
+    for (ca, ka, va), (cb, _, _) in zip(a, b):
+        assert torch.equal(ca[:, :, :7], cb[:, :, :7])
+        assert ka.data_ptr() == ca.data_ptr() and torch.equal(torch.cat((ka, va), 1)[:, :, :7], ca[:, :, :7])
+    q = torch.randn(3, 2, lean.heads + 2 * lean.kv, lean.dim, generator=torch.Generator().manual_seed(1))
     cos, sin = model.model.rotary_emb(q, position_ids=pos[:, :2])
-    want = apply_rotary_pos_emb(q, q, cos, sin)[0]
-    rope = lean.rope(pos[:, :2])                      # [3, 2, 2, D]: cos, signed sin
-    got = _rotate(q, rope[:, None, :, 0], rope[:, None, :, 1])
-    assert torch.equal(got, want)
+    h = lean.heads + lean.kv   # q and k heads rotate, v heads pass unchanged
+    want = apply_rotary_pos_emb(q[:, :, :h].transpose(1, 2), q[:, :, :h].transpose(1, 2), cos, sin)[0]
+    rc, rs = lean.rope(pos[:, :2])                      # [3 x 2, heads, 1, D]: cos, signed sin
+    got = _rotate(q, rc.view(q.shape), rs.view(q.shape))
+    assert torch.equal(got[:, :, :h].transpose(1, 2), want) and torch.equal(got[:, :, h:], q[:, :, h:])
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -236,7 +240,9 @@ def test_linear_kinds_equal_f_linear_as_rows_finish(kind):
 def test_finished_rows_kept_or_compacted_give_the_same_samples(tiny_model_dir, prompts, seeded, monkeypatch):
     """Finished rows stay in the lean batch until `COMPACT` of it is live: the samples and log-probs are those
     of compacting at every finishing step (1.0), of never compacting (0.0), and the transformers path's (which
-    drops finished rows at once), with one generator for all rows and with per-row streams."""
+    drops finished rows at once), with one generator for all rows and with per-row streams; and so are those of
+    one prompt per chunk (batch_size 4: no left padding, no key mask) with per-row streams (one generator's
+    draws depend on the chunking)."""
     import posttrain.rollout.lean as lean
 
     model, tok = load(tiny_model_dir)
@@ -247,9 +253,9 @@ def test_finished_rows_kept_or_compacted_give_the_same_samples(tiny_model_dir, p
     kw = dict(seed=5) if seeded == "seed" else dict(seeds=[5, 6, 7])
     params = SamplingParams(max_new_tokens=24, **kw)
     outs = []
-    for share in (1.0, 0.75, 0.0):
+    for share, batch in ((1.0, 12), (0.75, 12), (0.0, 12)) + (((0.75, 4),) if seeded == "seeds" else ()):
         monkeypatch.setattr(lean, "COMPACT", share)
-        outs.append(HFBackend(model, tok, batch_size=12).generate(prompts, 4, params))
+        outs.append(HFBackend(model, tok, batch_size=batch).generate(prompts, 4, params))
     plain = HFBackend(model, tok, batch_size=12, lean=False).generate(prompts, 4, params)
     lengths = {len(ids) for ids in plain.completion_ids}
     assert len(lengths) > 3 and max(lengths) == 24   # rows finished at several steps, some ran to the budget

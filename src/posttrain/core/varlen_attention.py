@@ -90,7 +90,7 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
         mask = torch.ones((n, q0 + n), dtype=torch.bool, device=query.device).tril_(q0)
         outs.append(F.scaled_dot_product_attention(qs[i], k, v, attn_mask=mask, dropout_p=dropout,
                                                    scale=scaling, enable_gqa=gqa))
-    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+    return torch.cat([o.transpose(1, 2) for o in outs], dim=1), None   # [1, N, H, D] in one copy
 
 
 def varlen_mask(batch_size: int, q_length: int, kv_length: int, *args, attention_mask=None, **kwargs):

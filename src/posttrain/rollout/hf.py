@@ -60,11 +60,11 @@ def draw(probs: Tensor, generator: torch.Generator | None = None, u: Tensor | No
     row, the first index whose cumulative mass exceeds u * total. The same categorical distribution as
     `torch.multinomial(probs, 1)`, at a fraction of its CPU cost (A uniforms instead of A x V exponentials);
     a zero-probability index is never drawn (its cumulative mass equals its predecessor's).
-    `u` [A]: the rows' uniforms, given (per-sample streams); else A are drawn from `generator`."""
+    `u` [A] or [A, 1]: the rows' uniforms, given (per-sample streams); else A are drawn from `generator`."""
     cdf = probs.cumsum(dim=-1)
     if u is None:
         u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
-    else:
+    elif u.shape != (len(cdf), 1) or u.dtype != cdf.dtype or u.device != cdf.device:   # [A, 1]: as is
         u = u.to(device=probs.device, dtype=cdf.dtype).view(-1, 1)
     total = cdf[:, -1:].contiguous()
     top = torch.searchsorted(cdf, total)  # where the mass reaches its total (u * total may round up): the count
@@ -73,8 +73,8 @@ def draw(probs: Tensor, generator: torch.Generator | None = None, u: Tensor | No
 
 def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None,
                 u: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Draw one token per row of `logits` [A, V] (float32), with the uniforms `u` [A] when given, else from
-    `generator`. Returns (tokens [A] long, logps [A]).
+    """Draw one token per row of `logits` [A, V] (float32), with the uniforms `u` [A] (or [A, 1]) when given, else
+    from `generator`. Returns (tokens [A] long, logps [A]).
 
     logps = log_softmax(logits / T) at the drawn token, unfiltered; greedy (T = 0) uses T = 1.
     """
@@ -318,26 +318,30 @@ class HFBackend:
         hidden = lean.forward(ids, positions(mask), pre, 0, prefill_mask(mask))
         logits = lean.logits(hidden[:, -1], prefill=True).repeat_interleave(n, dim=0)
         cache = lean.new_cache(ids.shape[0] * n, width + budget)
-        for (k, v), (pk, pv) in zip(cache, pre):
-            k[:, :, :width], v[:, :, :width] = pk.repeat_interleave(n, dim=0), pv.repeat_interleave(n, dim=0)
+        for (c, _, _), (pc, _, _) in zip(cache, pre):
+            c[:, :, :width] = pc.repeat_interleave(n, dim=0)
         del pre
-        keys = torch.zeros((ids.shape[0] * n, 1, 1, width + budget), dtype=hidden.dtype, device=self.device)
-        keys[:, 0, 0, :width].masked_fill_(mask.repeat_interleave(n, dim=0) == 0, float("-inf"))  # additive
+        keys = None   # no left padding in the chunk: every row sees every key, no mask
+        if not bool(mask.all()):
+            keys = torch.zeros((ids.shape[0] * n, 1, 1, width + budget), dtype=hidden.dtype, device=self.device)
+            keys[:, 0, 0, :width].masked_fill_(mask.repeat_interleave(n, dim=0) == 0, float("-inf"))  # additive
         b = DecodeRows(keys, mask.sum(-1).repeat_interleave(n), cache, budget, self.pad_id)
-        us = None if streams is None else streams.t().contiguous()              # [step, row]: a row per step
+        us = None if streams is None else streams.t().contiguous()[:, :, None]  # [step, row, 1]: a row per step
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
+        eos0 = int(eos[0])
         stopper = _StopStrings(self.tokenizer, params.stop)
         for step in range(budget):
             tokens, lps = sample_next(logits, params, *b.uniforms(us, step, generator, params))
             b.record(step, tokens, lps)
-            done = tokens == eos[0] if len(eos) == 1 else torch.isin(tokens, eos)
+            done = tokens == eos0 if len(eos) == 1 else torch.isin(tokens, eos)
             if stopper.stop:
                 done |= torch.tensor([stopper.hit(b.out_tok[:step + 1, r].tolist()) for r in b.rows.tolist()],
                                      device=self.device)
             if step == budget - 1 or (done.any() and b.finish(step, done)):
                 break
             slot = width + step
-            hidden = lean.step(b.tokens, lean.rope(b.pos), b.cache, slot, b.keys[..., :slot + 1])
+            keys = None if b.keys is None else b.keys[..., :slot + 1]
+            hidden = lean.step(b.tokens, lean.rope(b.pos), b.cache, slot, keys)
             logits = lean.logits(hidden)
             b.pos = b.pos + 1
         n_tok = b.length.tolist()

@@ -112,17 +112,22 @@ class _Linear:
         if kind == "onednn":
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
             self.weight = None
+        # the op's one overload's C++ callable, bound once: the packet and the overload are Python wrappers that
+        # resolve and forward on every call (~1-2 us each, 17 calls a step)
+        op = torch.ops.mkl._mkl_linear.default if kind == "mkl" else None
+        self.op = getattr(op, "_op", op)
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.kind == "mkl":
             m = x.shape[0]
-            if m != self.rows and not self.rows // 2 < m < self.rows:
+            if m == self.rows:
+                return self.op(x, self.packed, self.weight, self.bias, m)
+            if not self.rows // 2 < m < self.rows:
                 self.packed, self.rows = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, m), m
                 self.pad = x.new_zeros((m, x.shape[1]))
-            if m < self.rows:   # rows finished: padded up to the packed row count, the extra outputs dropped
-                self.pad[:m].copy_(x)
-                return torch.ops.mkl._mkl_linear(self.pad, self.packed, self.weight, self.bias, self.rows)[:m]
-            return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, self.bias, m)
+                return self.op(x, self.packed, self.weight, self.bias, m)
+            self.pad[:m].copy_(x)   # rows finished: padded up to the packed row count, the extra outputs dropped
+            return self.op(self.pad, self.packed, self.weight, self.bias, self.rows)[:m]
         if self.packed is not None:
             if x.shape[0] <= 64:   # a decode step's rows (or a short prefill): at most 64 shapes, called as is
                 return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -194,7 +199,13 @@ def _cat_bias(*mods) -> Tensor | None:
 
 
 class LeanLlama:
-    """The decoder of a supported model as plain tensors, taken when built (build one per `generate`)."""
+    """The decoder of a supported model as plain tensors, taken when built (build one per `generate`).
+
+    Its KV cache (`new_cache`) is one tensor per layer, [rows, 2 x KV heads, length, D]: keys in the first KV
+    heads, values after, so that a step writes both in one copy. The rotary tables are per head
+    ([capacity, H + 2 x KV, 1, D]: q and k heads rotate, v heads pass with cos 1 and sin 0), so that q/k/v rotate
+    as one tensor: v x 1 + roll(v) x 0 is v exactly. That is ~12 torch calls a decode step fewer (~0.1 ms of
+    ~4.5 on the bench's tiny-llama; bench/README.md), for tables about the size of one row's KV cache."""
 
     def __init__(self, model, capacity: int, kind: str | None = "auto"):
         cfg, inner = model.config, model.model
@@ -218,13 +229,15 @@ class LeanLlama:
                 o=_Linear([a.o_proj], fast), gu=gu, down=_Linear([m.down_proj], fast), inter=m.gate_proj.out_features))
         pos = torch.arange(capacity, device=self.embed.device)[None]
         cos, sin = inner.rotary_emb(self.embed[:1][None], position_ids=pos)   # [1, capacity, D]
-        half = self.dim // 2
-        sin = torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)        # signed, see `_rotate`
-        self.table = torch.stack((cos[0], sin), dim=1)                        # [capacity, 2, D]: one lookup a step
+        half, qk = self.dim // 2, self.heads + self.kv
+        sin = torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)[:, None]   # signed, see `_rotate`
+        cos, v = cos[0, :, None], (capacity, self.kv, self.dim)               # [capacity, 1, D]; v heads' shape
+        self.cos = torch.cat((cos.expand(-1, qk, -1), cos.new_ones(v)), 1)[:, :, None]    # [capacity, H + 2 KV, 1, D]
+        self.sin = torch.cat((sin.expand(-1, qk, -1), sin.new_zeros(v)), 1)[:, :, None]
 
-    def new_cache(self, rows: int, length: int) -> list[tuple[Tensor, Tensor]]:
-        shape = (rows, self.kv, length, self.dim)
-        return [(self.embed.new_empty(shape), self.embed.new_empty(shape)) for _ in self.layers]
+    def new_cache(self, rows: int, length: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per layer (keys and values [rows, 2 KV, length, D], its keys view, its values view)."""
+        return [with_views(self.embed.new_empty((rows, 2 * self.kv, length, self.dim))) for _ in self.layers]
 
     def forward(self, ids: Tensor, pos: Tensor, cache, slot: int, mask: Tensor) -> Tensor:
         """Final hidden states [B, T, hidden] of tokens `ids` [B, T] at positions `pos` [B, T], written to
@@ -232,49 +245,53 @@ class LeanLlama:
         additive float: 0 seen, -inf not)."""
         b, t = ids.shape
         h, kv, d = self.heads, self.kv, self.dim
-        rope = self.rope(pos)                                                 # [B, T, 2, D]
-        cos, sin = rope[:, None, :, 0], rope[:, None, :, 1]                   # [B, 1, T, D]
-        x = F.embedding(ids.reshape(-1), self.embed)                          # [B * T, hidden]
-        for L, (kc, vc) in zip(self.layers, cache):
-            qkv = L["qkv"].prefill(_rms(x, L["ln1"], self.eps)).view(b, t, h + 2 * kv, d).transpose(1, 2)
-            qk = _rotate(qkv[:, :h + kv], cos, sin)
-            kc[:, :, slot:slot + t] = qk[:, h:]
-            vc[:, :, slot:slot + t] = qkv[:, h + kv:]
-            att = F.scaled_dot_product_attention(qk[:, :h], kc[:, :, :slot + t], vc[:, :, :slot + t], attn_mask=mask,
-                                                 scale=L["scale"], enable_gqa=h != kv)
+        cos, sin = (x.view(b, t, h + 2 * kv, d) for x in self.rope(pos))    # [B, T, H + 2 KV, D]
+        x = self.embed.index_select(0, ids.reshape(-1))                        # [B * T, hidden]
+        for L, (c, k, v) in zip(self.layers, cache):
+            qkv = L["qkv"].prefill(_rms(x, L["ln1"], self.eps)).view(b, t, h + 2 * kv, d)
+            r = _rotate(qkv, cos, sin)
+            c[:, :, slot:slot + t] = r[:, :, h:].transpose(1, 2)
+            att = F.scaled_dot_product_attention(r[:, :, :h].transpose(1, 2), k[:, :, :slot + t], v[:, :, :slot + t],
+                                                 attn_mask=mask, scale=L["scale"], enable_gqa=h != kv)
             x = x + L["o"].prefill(att.transpose(1, 2).reshape(b * t, h * d))
             gu, i = L["gu"].prefill(_rms(x, L["ln2"], self.eps)), L["inter"]
             x = x + L["down"].prefill(F.silu(gu[:, :i]) * gu[:, i:])
         return _rms(x, self.norm, self.eps).view(b, t, -1)
 
-    def rope(self, pos: Tensor) -> Tensor:
-        """[*pos.shape, 2, D]: the cos and signed sin rows (`_rotate`) at positions `pos`."""
-        return self.table.index_select(0, pos.reshape(-1)).view(*pos.shape, 2, self.dim)
+    def rope(self, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """(cos, signed sin) rows at positions `pos` [B] (or [B, T], flattened): [B (x T), H + 2 KV, 1, D]."""
+        flat = pos if pos.dim() == 1 else pos.reshape(-1)
+        return self.cos.index_select(0, flat), self.sin.index_select(0, flat)
 
-    def step(self, tokens: Tensor, rope: Tensor, cache, slot: int, mask: Tensor) -> Tensor:
+    def step(self, tokens: Tensor, rope: tuple[Tensor, Tensor], cache, slot: int, mask: Tensor | None) -> Tensor:
         """`forward` for one new token per row, the decode loop's call: final hidden states [B, hidden] of
-        `tokens` [B], at the rows' rotary tables `rope` [B, 2, D] (`rope(pos)`), written to cache slot `slot`;
-        `mask` [B, 1, 1, slot + 1]. The same ops as `forward` (values equal bit for bit; test), kept in
-        [B, heads, D] (no query axis to transpose in and out) so that the step is ~30 torch calls per
-        layer: at these sizes (16 rows, 256 wide) each call costs about what its arithmetic does."""
+        `tokens` [B], at the rows' rotary tables `rope` (`rope(pos)`), written to cache slot `slot`; `mask`
+        [B, 1, 1, slot + 1] (or None: every row sees every key). The same ops as `forward` (values equal bit for
+        bit; test), kept in [B, heads, 1, D] (no query axis to transpose in and out) so that the step is ~30 torch
+        calls per layer: at these sizes (16 rows, 256 wide) each call costs about what its arithmetic does."""
         b, h, kv, d = tokens.shape[0], self.heads, self.kv, self.dim
-        cos, sin = rope[:, 0:1], rope[:, 1:2]                                   # [B, 1, D]
-        x = F.embedding(tokens, self.embed)                                     # [B, hidden]
-        for L, (kc, vc) in zip(self.layers, cache):
-            qkv = L["qkv"](_rms(x, L["ln1"], self.eps)).view(b, h + 2 * kv, d)
-            qk = _rotate(qkv[:, :h + kv], cos, sin)
-            kc[:, :, slot] = qk[:, h:]
-            vc[:, :, slot] = qkv[:, h + kv:]
-            att = F.scaled_dot_product_attention(qk[:, :h, None], kc[:, :, :slot + 1], vc[:, :, :slot + 1],
+        cos, sin = rope
+        x = self.embed.index_select(0, tokens)                                  # [B, hidden]
+        for L, (c, k, v) in zip(self.layers, cache):
+            r = _rotate(L["qkv"](_rms(x, L["ln1"], self.eps)).view(b, h + 2 * kv, 1, d), cos, sin)
+            c[:, :, slot:slot + 1] = r[:, h:]
+            att = F.scaled_dot_product_attention(r[:, :h], k[:, :, :slot + 1], v[:, :, :slot + 1],
                                                  attn_mask=mask, scale=L["scale"], enable_gqa=h != kv)
-            x = x + L["o"](att.reshape(b, h * d))   # a view at T = 1 (no copy)
+            x = x + L["o"](att.view(b, h * d))   # a view at T = 1 (no copy)
             gu, i = L["gu"](_rms(x, L["ln2"], self.eps)), L["inter"]
             x = x + L["down"](F.silu(gu[:, :i]) * gu[:, i:])
         return _rms(x, self.norm, self.eps)
 
     def logits(self, hidden: Tensor, prefill: bool = False) -> Tensor:
         """float32 logits [B, V] of hidden states [B, hidden] (`prefill`: rows of a prefill, see `_Linear`)."""
-        return (self.head.prefill(hidden) if prefill else self.head(hidden)).float()
+        out = self.head.prefill(hidden) if prefill else self.head(hidden)
+        return out if out.dtype == torch.float32 else out.float()
+
+
+def with_views(kv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(kv, its keys, its values) of one layer's cache [rows, 2 KV, length, D]: the views made once, not per step."""
+    heads = kv.shape[1] // 2
+    return kv, kv[:, :heads], kv[:, heads:]
 
 
 def prefill_mask(attention_mask: Tensor) -> Tensor:
@@ -291,12 +308,14 @@ COMPACT = 0.75   # `hf.HFBackend._lean_chunk` compacts its batch when at most th
 
 class DecodeRows:
     """The decode batch of `hf.HFBackend._lean_chunk`: `rows` (each batch row's output row), which are `live`
-    (None: all), the next `tokens`, positions `pos`, additive key mask `keys`, KV `cache`, and the outputs
+    (None: all), the next `tokens`, positions `pos`, additive key mask `keys` (None: none), KV `cache` (per
+    layer, `LeanLlama.new_cache`), and the outputs
     [step, output row] `out_tok` / `out_lp` with each output row's `length`."""
 
-    def __init__(self, keys: Tensor, pos: Tensor, cache: list, budget: int, pad_id: int):
+    def __init__(self, keys: Tensor | None, pos: Tensor, cache: list, budget: int, pad_id: int):
         rows = len(pos)
         self.keys, self.pos, self.cache, self.live, self.tokens = keys, pos, cache, None, None
+        self.full = True   # every row of the chunk still in the batch (no compaction yet)
         self.rows = self.all = torch.arange(rows, device=pos.device)
         self.out_tok = torch.full((budget, rows), pad_id, dtype=torch.long, device=pos.device)
         self.out_lp = torch.zeros((budget, rows), dtype=torch.float32, device=pos.device)
@@ -305,9 +324,8 @@ class DecodeRows:
     def uniforms(self, us: Tensor | None, step: int, generator, params) -> tuple:
         """(generator, u) for `sample_next`: the rows' own stream values, or with finished rows in the batch,
         the generator's draws for the live rows only (as the transformers path, which drops them, draws)."""
-        full = len(self.rows) == len(self.all)
         if us is not None:
-            return None, us[step] if full else us[step].index_select(0, self.rows.cpu())
+            return None, us[step] if self.full else us[step].index_select(0, self.rows.cpu())
         if self.live is None or params.greedy:
             return generator, None
         u = torch.zeros(len(self.rows), device=self.rows.device)
@@ -316,7 +334,7 @@ class DecodeRows:
 
     def record(self, step: int, tokens: Tensor, lps: Tensor) -> None:
         self.tokens = tokens
-        if len(self.rows) == len(self.all):
+        if self.full:
             self.out_tok[step], self.out_lp[step] = tokens, lps
         else:
             self.out_tok[step].index_copy_(0, self.rows, tokens)
@@ -338,6 +356,7 @@ class DecodeRows:
         return False
 
     def compact(self, keep: Tensor) -> None:
-        self.rows, self.tokens, self.keys, self.pos = self.rows[keep], self.tokens[keep], self.keys[keep], self.pos[keep]
-        self.cache = [(k[keep], v[keep]) for k, v in self.cache]
+        self.rows, self.tokens, self.pos, self.full = self.rows[keep], self.tokens[keep], self.pos[keep], False
+        self.keys = None if self.keys is None else self.keys[keep]
+        self.cache = [with_views(kv[keep]) for kv, _, _ in self.cache]
         self.live = None
