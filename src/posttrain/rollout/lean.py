@@ -4,8 +4,8 @@ The decode loop of `model(...)` pays transformers' Python per token (attention m
 walked, kwargs checked, ~10 module calls per layer) and `F.linear`'s per-call weight repacking. Here one
 decode step is a short fixed sequence of torch ops per layer over the model's own parameters, rotary
 tables computed once per call by the model's own `rotary_emb` (so its rope scaling is the model's), a
-static KV cache (`[B, KV heads, prompt + budget, D]` per layer, written in place) and a padding mask built
-once per chunk and sliced, never rebuilt. On a CPU in float32, q/k/v are ONE matmul and gate/up one, their
+static KV cache (`[B, 2 x KV heads, prompt + budget, D]` per layer, keys then values, written in place) and a
+padding mask built once per chunk and sliced, never rebuilt (none for a chunk without padding). On a CPU in float32, q/k/v are ONE matmul and gate/up one, their
 weights concatenated and prepacked once per `generate` call (so an optimizer step in between is seen): for
 MKL's packed sgemm on Intel, oneDNN's blocked layout elsewhere (`_Linear`). Measured on the bench's tiny-llama (16 rows, 1 thread, CPU time): 6.5 -> 4.5 ms per decode token
 step in `generate`; what is left is the matmuls (~1.2 ms) and attention over the cache (~1.5 ms,
@@ -14,7 +14,7 @@ torch.compile of this step (inductor, dynamic shapes) works here but took 65 s t
 gain: a loss for any run shorter than hours.
 
 At these sizes each torch call costs about what its arithmetic does (~2-10 us), so the decode loop calls
-`LeanLlama.step` (one token per row, kept in [B, heads, D]: no query axis to transpose in and out, the
+`LeanLlama.step` (one token per row, kept in [B, heads, 1, D]: no query axis to transpose in and out, the
 attention output a view), RMSNorm without its no-op casts and rotary as one `roll` against a sign-folded sin
 table (`_rotate`), the same values bit for bit (tests); with per-step rather than per-row bookkeeping in
 `hf._lean_chunk` this cut the per-step call overhead by ~15-20% (a model of the bench's shape with tiny widths,
