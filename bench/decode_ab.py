@@ -11,7 +11,6 @@ posttrain (`posttrain.core...`) resolve to this tree's, so a base whose rollout 
 """
 import argparse
 import importlib
-import json
 import os
 import statistics
 import subprocess
@@ -48,20 +47,14 @@ def main():
     ap.add_argument("--model", default="tiny-llama")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from decode_cpu import bench_work, generate_with
 
-    from posttrain.rollout.base import SamplingParams
-    from posttrain.rollout.hf import HFBackend
+    from posttrain.rollout import base, hf
 
-    old_hf, old_base = base_rollout(a.base, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    model = AutoModelForCausalLM.from_pretrained(f"{a.fixture}/{a.model}", dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(f"{a.fixture}/tokenizer")
-    rows = [json.loads(line) for line in open(f"{a.fixture}/data/grpo.jsonl")][:2]
-    prompts = [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
-    kw = dict(max_new_tokens=128, temperature=1.0, top_p=1.0, top_k=0, seeds=[1, 2])
-    sides = {"base": lambda b=old_hf.HFBackend(model, tok, batch_size=64), p=old_base.SamplingParams(**kw):
-             b.generate(prompts, 8, p),
-             "here": lambda b=HFBackend(model, tok, batch_size=64), p=SamplingParams(**kw): b.generate(prompts, 8, p)}
+    work = bench_work(a.fixture, a.model)
+    sides = {"base": generate_with(*base_rollout(a.base, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                   *work),
+             "here": generate_with(hf, base, *work)}
     x, y = sides["base"](), sides["here"]()
     same = x.completion_ids == y.completion_ids and x.completion_logps == y.completion_logps
     times = {"base": [], "here": []}

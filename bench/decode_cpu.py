@@ -24,20 +24,30 @@ import torch
 import torch.nn.functional as F
 
 
-def _bench_generate(fixture: str, model_name: str):
-    """A function that runs the bench's generate once (model, tokenizer and prompts loaded here)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+SAMPLING = dict(max_new_tokens=128, temperature=1.0, top_p=1.0, top_k=0, seeds=[1, 2])   # the bench's, per prompt
 
-    from posttrain.rollout.base import SamplingParams
-    from posttrain.rollout.hf import HFBackend
+
+def bench_work(fixture: str, model_name: str):
+    """(model, tokenizer, prompts) of the bench's generate: the first 2 prompts of grpo.jsonl, chat template applied."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(f"{fixture}/{model_name}", dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(f"{fixture}/tokenizer")
-    backend = HFBackend(model, tok, batch_size=64)
     rows = [json.loads(line) for line in open(f"{fixture}/data/grpo.jsonl")][:2]
-    prompts = [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
-    params = SamplingParams(max_new_tokens=128, temperature=1.0, top_p=1.0, top_k=0, seeds=[1, 2])
+    return model, tok, [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
+
+
+def generate_with(hf, base, model, tok, prompts):
+    """A function that runs the bench's generate once (8 samples a prompt) on the rollout modules `hf` and `base`
+    (`posttrain.rollout`'s, or another revision's: `decode_ab.py`)."""
+    backend, params = hf.HFBackend(model, tok, batch_size=64), base.SamplingParams(**SAMPLING)
     return lambda: backend.generate(prompts, 8, params)
+
+
+def _bench_generate(fixture: str, model_name: str):
+    from posttrain.rollout import base, hf
+
+    return generate_with(hf, base, *bench_work(fixture, model_name))
 
 
 def generate_cpu(fixture: str, repeats: int, model_name: str = "tiny-llama") -> str:

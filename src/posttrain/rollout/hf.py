@@ -340,8 +340,8 @@ class HFBackend:
             if step == budget - 1 or (done.any() and b.finish(step, done)):
                 break
             slot = width + step
-            keys = None if b.keys is None else b.keys[..., :slot + 1]
-            hidden = lean.step(b.tokens, lean.rope(b.pos), b.cache, slot, keys)
+            seen = None if b.keys is None else b.keys[..., :slot + 1]
+            hidden = lean.step(b.tokens, lean.rope(b.pos), b.cache, slot, seen)
             logits = lean.logits(hidden)
             b.pos = b.pos + 1
         n_tok = b.length.tolist()

@@ -316,7 +316,7 @@ class DecodeRows:
         rows = len(pos)
         self.keys, self.pos, self.cache, self.live, self.tokens = keys, pos, cache, None, None
         self.full = True   # every row of the chunk still in the batch (no compaction yet)
-        self.rows = self.all = torch.arange(rows, device=pos.device)
+        self.rows = torch.arange(rows, device=pos.device)
         self.out_tok = torch.full((budget, rows), pad_id, dtype=torch.long, device=pos.device)
         self.out_lp = torch.zeros((budget, rows), dtype=torch.float32, device=pos.device)
         self.length = torch.full((rows,), budget, dtype=torch.long, device=pos.device)
