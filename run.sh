@@ -19,6 +19,8 @@ setup() {
     fi
   fi
   $pip install -e ".[test,gguf]"
+  # the compiled lean decode step, built once per machine (~20 s; without a C++ compiler it decodes in Python)
+  "$VENV/bin/python" -m posttrain.rollout.native >/dev/null 2>&1 || true
 }
 
 cmd="${1:-demo}"; shift || true

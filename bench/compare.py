@@ -146,6 +146,9 @@ def main():
                     help="config override for our side only (an ablation, e.g. padding_free=false)")
     a = ap.parse_args()
     fixture = prepare(a.shared)
+    # our compiled decode step is built once per machine (rollout/native.py); built here, before any timed run
+    built = subprocess.run([sys.executable, "-m", "posttrain.rollout.native"], capture_output=True, text=True)
+    print(built.stdout.strip() or built.stderr.strip()[-300:], file=sys.stderr)
     benches = list(PAIRS) if a.bench == "all" else [a.bench]
     runs = {b: ([], []) for b in benches}
     for i in range(a.repeats):  # interleaved: TRL, ours, per pair, per repeat

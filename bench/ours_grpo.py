@@ -42,6 +42,7 @@ def main():
     from posttrain.algorithms.grpo import CONFIG, GRPO
     from posttrain.config import load_config
     from posttrain.core.engine import Engine
+    from posttrain.rollout import native
 
     me = os.path.abspath(__file__)
     rewards = f"rewards=[{{name: '{me}:correct', weight: 1.0}}, {{name: '{me}:has_number', weight: 1.0}}]"
@@ -70,7 +71,8 @@ def main():
               completion_tokens_per_s=lambda rows, wall: round(ctok(rows) / wall, 1),
               generation_s=lambda rows, wall: round(gen(rows), 3),
               generation_share=lambda rows, wall: round(gen(rows) / wall, 3),
-              mean_reward=lambda rows, wall: round(sum(r["reward"] for r in rows) / len(rows), 4))
+              mean_reward=lambda rows, wall: round(sum(r["reward"] for r in rows) / len(rows), 4),
+              native_decode=native.available())
 
 
 if __name__ == "__main__":

@@ -149,10 +149,12 @@ def test_unknown_architectures_and_wrapped_layers_fall_back(tiny_model_dir):
     assert not lean_supported(model)
 
 
+@pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("kind", KINDS)
-def test_decode_step_equals_forward_bit_for_bit(tiny, kind, monkeypatch):
-    """`LeanLlama.step` (the decode loop's call, [B, heads, D] layout) is `forward` at T = 1: the same hidden
-    states and the same cache slot, bit for bit; and its rotation is transformers' rotate_half formula.
+def test_decode_step_equals_forward_bit_for_bit(tiny, kind, native, monkeypatch):
+    """`LeanLlama.step` (the decode loop's call, [B, heads, D] layout; compiled where `rollout.native` builds, and
+    in Python) is `forward` at T = 1: the same hidden states and the same cache slot, bit for bit; and its
+    rotation is transformers' rotate_half formula.
     (A prefill's "mkl" products run unpacked, equal to ~1e-7, not bit for bit: here both sides pack.)"""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
@@ -161,7 +163,7 @@ def test_decode_step_equals_forward_bit_for_bit(tiny, kind, monkeypatch):
     skip_unavailable(kind)
     monkeypatch.setattr(_Linear, "prefill", _Linear.__call__)
     model, _ = tiny
-    lean = LeanLlama(model, 10, kind=kind)
+    lean = LeanLlama(model, 10, kind=kind, native=native)
     ids = torch.randint(4, model.config.vocab_size, (3, 6), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     mask[0, :2] = 0                                   # a left-padded row

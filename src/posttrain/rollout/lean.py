@@ -20,7 +20,8 @@ table (`_rotate`), the same values bit for bit (tests); with per-step rather tha
 `hf._lean_chunk` this cut the per-step call overhead by ~15-20% (a model of the bench's shape with tiny widths,
 where the calls are all the cost: 1.30 -> 1.01-1.12 ms CPU per decode step) and ~4-7% of the CPU time of a
 bench generate (2 x 8 rows, 128 tokens, 1 thread; busy machine, noisy). That overhead is the serial part of
-a decode step on 2 threads.
+a decode step on 2 threads; on the float32 CPU kinds `step` runs compiled where it can (`native`: the same ATen
+calls from C++, the same values bit for bit), which removes most of what is left of it.
 
 Supported (`lean_supported`): `model_type` llama, mistral or qwen2 (q/k/v biases and MLP biases are
 handled), plain `nn.Linear` projections and head (no PEFT wrapper, no quantised layers, no DTensor
@@ -117,14 +118,19 @@ class _Linear:
         op = torch.ops.mkl._mkl_linear.default if kind == "mkl" else None
         self.op = getattr(op, "_op", op)
 
+    def fit(self, m: int) -> None:
+        """"mkl": packed for `m` rows unless the pack at hand serves them (the same count, or more but fewer than
+        twice as many: padded); the other kinds serve every count as they are."""
+        if self.kind == "mkl" and m != self.rows and not self.rows // 2 < m < self.rows:
+            self.packed, self.rows = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, m), m
+            self.pad = self.weight.new_zeros((m, self.weight.shape[1]))
+
     def __call__(self, x: Tensor) -> Tensor:
         if self.kind == "mkl":
             m = x.shape[0]
+            if m != self.rows:
+                self.fit(m)
             if m == self.rows:
-                return self.op(x, self.packed, self.weight, self.bias, m)
-            if not self.rows // 2 < m < self.rows:
-                self.packed, self.rows = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, m), m
-                self.pad = x.new_zeros((m, x.shape[1]))
                 return self.op(x, self.packed, self.weight, self.bias, m)
             self.pad[:m].copy_(x)   # rows finished: padded up to the packed row count, the extra outputs dropped
             return self.op(self.pad, self.packed, self.weight, self.bias, self.rows)[:m]
@@ -207,7 +213,7 @@ class LeanLlama:
     as one tensor: v x 1 + roll(v) x 0 is v exactly. That is ~12 torch calls a decode step fewer (~0.1 ms of
     ~4.5 on the bench's tiny-llama; bench/README.md), for tables about the size of one row's KV cache."""
 
-    def __init__(self, model, capacity: int, kind: str | None = "auto"):
+    def __init__(self, model, capacity: int, kind: str | None = "auto", native: bool = True):
         cfg, inner = model.config, model.model
         self.heads, self.kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -218,7 +224,7 @@ class LeanLlama:
         fast = linear_kind(head.weight) if kind == "auto" else kind
         if fast not in KINDS + (None,):
             raise ValueError(f"LeanLlama: kind must be 'auto', {KINDS} or None, got {fast!r}")
-        self.head = _Linear([head], fast)
+        self.head, self.kind = _Linear([head], fast), fast
         self.layers = []
         for layer in inner.layers:
             a, m = layer.self_attn, layer.mlp
@@ -234,6 +240,12 @@ class LeanLlama:
         cos, v = cos[0, :, None], (capacity, self.kv, self.dim)               # [capacity, 1, D]; v heads' shape
         self.cos = torch.cat((cos.expand(-1, qk, -1), cos.new_ones(v)), 1)[:, :, None]    # [capacity, H + 2 KV, 1, D]
         self.sin = torch.cat((sin.expand(-1, qk, -1), sin.new_zeros(v)), 1)[:, :, None]
+        self.native = None   # `native.NativeStep` when the compiled step runs this model's decode
+        if fast in KINDS and native:
+            from posttrain.rollout import native as compiled
+
+            op = compiled.load()
+            self.native = compiled.NativeStep(self, op) if op is not None else None
 
     def new_cache(self, rows: int, length: int) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Per layer (keys and values [rows, 2 KV, length, D], its keys view, its values view)."""
@@ -270,6 +282,8 @@ class LeanLlama:
         bit; test), kept in [B, heads, 1, D] (no query axis to transpose in and out) so that the step is ~30 torch
         calls per layer: at these sizes (16 rows, 256 wide) each call costs about what its arithmetic does."""
         b, h, kv, d = tokens.shape[0], self.heads, self.kv, self.dim
+        if self.native is not None and self.native.supports(b):
+            return self.native(tokens, rope, cache, slot, mask)   # the same ops compiled (`native`)
         cos, sin = rope
         x = self.embed.index_select(0, tokens)                                  # [B, hidden]
         for L, (c, k, v) in zip(self.layers, cache):

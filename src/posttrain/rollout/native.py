@@ -1,0 +1,159 @@
+"""The lean decode step compiled: `csrc/lean_step.cpp` is `LeanLlama.step` as the same ATen calls in the same
+order, so the same values bit for bit (tests), with no Python between them. At the bench's sizes (16 rows, 256
+wide) a torch call from Python costs ~10 us in a decode step, about what its arithmetic does; the step's ~120 calls
+from C++ cost a few us each: a bench generate took 689 -> 624 ms (bench/README.md, "The decode step in C++").
+
+Built on first use with the machine's C++ compiler (`$CXX`, else `c++`) against the running torch's headers and
+libraries (`torch.utils.cpp_extension.include_paths` / `library_paths`), ~20 s on 2 cores, once per machine: the
+library is cached under `$POSTTRAIN_CACHE/native` (default `~/.cache/posttrain/native`), named by a hash of the
+source, the torch build, the compiler's version and the flags, so that any of them changing builds a new one. The
+build writes a temporary file and renames it into place, so a build killed halfway or two processes building at
+once never leave a broken library behind (torch's own `cpp_extension.load` needs ninja and waits forever on the
+lock file of a build that was killed). When there is no compiler or the build fails, one line says why and the
+decode runs `LeanLlama.step` in Python: the same values, ~10% slower. `POSTTRAIN_NATIVE=0` turns it off.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "lean_step.cpp"
+FLAGS = ("-O2", "-std=c++20", "-fPIC", "-shared", "-w")
+_STATE: dict = {}   # "op": the loaded op, or "error": why there is none (tried once per process)
+
+
+def enabled() -> bool:
+    return os.environ.get("POSTTRAIN_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("POSTTRAIN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "posttrain")
+    return Path(root) / "native"
+
+
+def _compiler() -> str:
+    return os.environ.get("CXX") or "c++"
+
+
+def _command(cxx: str, out: str) -> list[str]:
+    from torch.utils.cpp_extension import include_paths, library_paths
+
+    libs = library_paths()
+    return ([cxx, *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
+            + [f"-I{p}" for p in include_paths()] + [str(SOURCE), "-o", out]
+            + [f"-L{p}" for p in libs] + [f"-Wl,-rpath,{p}" for p in libs] + ["-lc10", "-ltorch_cpu"])
+
+
+def library_path() -> Path:
+    """Where the library for this source, torch, compiler and flags is (or will be) cached."""
+    cxx = _compiler()
+    try:
+        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(f"no C++ compiler {cxx!r} ({e.__class__.__name__}); set CXX to one") from None
+    key = hashlib.sha256(SOURCE.read_bytes() + "\0".join(
+        [torch.__version__, torch.__file__, version, *FLAGS, sys.platform]).encode()).hexdigest()[:16]
+    return cache_dir() / f"lean_step-{key}.so"
+
+
+def build(path: Path) -> Path:
+    """Compile the source into `path` (a temporary file renamed into place); raises RuntimeError with the
+    compiler's last lines on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.so", dir=path.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run(_command(_compiler(), tmp), capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+            raise RuntimeError(f"{_compiler()} failed (exit {done.returncode}): {tail}")
+        os.replace(tmp, path)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{_compiler()} ran over 600 s") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load(log=_stderr):
+    """The op `torch.ops.posttrain_lean.step`, built first if it is not cached; None when it is turned off or
+    cannot be built or loaded (`log` says why, once per process)."""
+    if not enabled():
+        return None
+    if "op" in _STATE or "error" in _STATE:
+        return _STATE.get("op")
+    try:
+        path = library_path()
+        if not path.exists():
+            log(f"[posttrain] building the compiled lean decode step (once per machine, ~20 s): {path}")
+            build(path)
+        try:
+            torch.ops.load_library(str(path))
+        except OSError:   # a cached file that does not load (truncated by hand, another machine's): built again
+            build(path)
+            torch.ops.load_library(str(path))
+        _STATE["op"] = torch.ops.posttrain_lean.step
+    except (RuntimeError, OSError) as e:
+        _STATE["error"] = str(e)
+        log(f"[posttrain] lean decode: no compiled step ({e}); decoding with the Python step (the same values)")
+    return _STATE.get("op")
+
+
+def available() -> bool:
+    return load(log=lambda _: None) is not None
+
+
+def compiler_found() -> bool:
+    return shutil.which(_compiler()) is not None
+
+
+class NativeStep:
+    """`LeanLlama.step` through the compiled op for one `LeanLlama` (kind "mkl" or "onednn"): its weights as the
+    op's flat argument lists, rebuilt when the decode batch's row count changes (an "mkl" linear packs again for
+    the new count: `_Linear.fit`). "onednn" calls oneDNN as is only up to 64 rows (`_Linear.__call__`): beyond,
+    `supports` is False and the Python step runs."""
+
+    def __init__(self, lean, op):
+        self.lean, self.op, self.rows, self.params, self.meta = lean, op, None, None, None
+        self.scales = [float(L["scale"]) for L in lean.layers]
+
+    def supports(self, rows: int) -> bool:
+        return self.lean.kind == "mkl" or rows <= 64
+
+    def _bind(self, rows: int) -> None:
+        lean = self.lean
+        params, meta = [lean.embed, lean.norm], [lean.heads, lean.kv, lean.dim, 0 if lean.kind == "mkl" else 1]
+        for L in lean.layers:
+            params += [L["ln1"], L["ln2"]]
+            meta.append(L["inter"])
+            for name in ("qkv", "o", "gu", "down"):
+                lin = L[name]
+                lin.fit(rows)
+                params += [lin.packed, lin.weight, lin.bias, getattr(lin, "pad", None)]
+                meta.append(lin.rows)
+        self.rows, self.params, self.meta = rows, params, meta
+
+    def __call__(self, tokens, rope, cache, slot: int, mask):
+        rows = tokens.shape[0]
+        if rows != self.rows:
+            self._bind(rows)
+        flat = [t for layer in cache for t in layer]
+        return self.op(tokens, rope[0], rope[1], flat, slot, mask, self.params, self.meta, self.scales, *self.lean.eps)
+
+
+if __name__ == "__main__":   # python -m posttrain.rollout.native: build (or find) it now, e.g. before timing a run
+    op = load()
+    print(f"compiled lean decode step: {library_path() if op is not None else 'not available'}")
+    sys.exit(0 if op is not None else 1)
