@@ -283,7 +283,7 @@ class LeanLlama:
         calls per layer: at these sizes (16 rows, 256 wide) each call costs about what its arithmetic does."""
         b, h, kv, d = tokens.shape[0], self.heads, self.kv, self.dim
         if self.native is not None and self.native.supports(b):
-            return self.native(tokens, rope, cache, slot, mask)   # the same ops compiled (`native`)
+            return self.native(self, tokens, rope, cache, slot, mask)   # the same ops compiled (`native`)
         cos, sin = rope
         x = self.embed.index_select(0, tokens)                                  # [B, hidden]
         for L, (c, k, v) in zip(self.layers, cache):

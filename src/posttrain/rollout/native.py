@@ -120,20 +120,20 @@ def compiler_found() -> bool:
 
 
 class NativeStep:
-    """`LeanLlama.step` through the compiled op for one `LeanLlama` (kind "mkl" or "onednn"): its weights as the
-    op's flat argument lists, rebuilt when the decode batch's row count changes (an "mkl" linear packs again for
-    the new count: `_Linear.fit`). "onednn" calls oneDNN as is only up to 64 rows (`_Linear.__call__`): beyond,
-    `supports` is False and the Python step runs."""
+    """`LeanLlama.step` through the compiled op for one `LeanLlama` (kind "mkl" or "onednn", passed in each call:
+    held here it would make a reference cycle, which keeps every call's weight copies until a full garbage
+    collection): its weights as the op's flat argument lists, rebuilt when the decode batch's row count changes
+    (an "mkl" linear packs again for the new count: `_Linear.fit`). "onednn" calls oneDNN as is only up to 64 rows
+    (`_Linear.__call__`): beyond, `supports` is False and the Python step runs."""
 
     def __init__(self, lean, op):
-        self.lean, self.op, self.rows, self.params, self.meta = lean, op, None, None, None
+        self.op, self.kind, self.rows, self.params, self.meta = op, lean.kind, None, None, None
         self.scales = [float(L["scale"]) for L in lean.layers]
 
     def supports(self, rows: int) -> bool:
-        return self.lean.kind == "mkl" or rows <= 64
+        return self.kind == "mkl" or rows <= 64
 
-    def _bind(self, rows: int) -> None:
-        lean = self.lean
+    def _bind(self, lean, rows: int) -> None:
         params, meta = [lean.embed, lean.norm], [lean.heads, lean.kv, lean.dim, 0 if lean.kind == "mkl" else 1]
         for L in lean.layers:
             params += [L["ln1"], L["ln2"]]
@@ -145,13 +145,12 @@ class NativeStep:
                 meta.append(lin.rows)
         self.rows, self.params, self.meta = rows, params, meta
 
-    def __call__(self, tokens, rope, cache, slot: int, mask):
+    def __call__(self, lean, tokens, rope, cache, slot: int, mask):
         rows = tokens.shape[0]
         if rows != self.rows:
-            self._bind(rows)
+            self._bind(lean, rows)
         flat = [t for layer in cache for t in layer]
-        return self.op(tokens, rope[0], rope[1], flat, slot, mask, self.params, self.meta, self.scales, *self.lean.eps)
-
+        return self.op(tokens, rope[0], rope[1], flat, slot, mask, self.params, self.meta, self.scales, *lean.eps)
 
 if __name__ == "__main__":   # python -m posttrain.rollout.native: build (or find) it now, e.g. before timing a run
     op = load()
