@@ -76,25 +76,33 @@ def test_compiled_step_equals_the_python_step_bit_for_bit(op, tiny, kind, arch):
         assert compiled.native.rows == 2 and compiled.layers[0]["qkv"].rows == 2
 
 
-def test_generate_samples_the_same_with_and_without_it(op, tiny, monkeypatch):
+SAMPLINGS = {"streams": dict(seeds=[1, 2, 3]), "generator": dict(seed=4), "greedy": dict(temperature=0.0),
+             "temperature": dict(temperature=0.7, seeds=[1, 2, 3]), "top-k": dict(top_k=40, seeds=[1, 2, 3])}
+
+
+@pytest.mark.parametrize("sampling", sorted(SAMPLINGS))
+def test_generate_samples_the_same_with_and_without_it(op, tiny, sampling, monkeypatch):
     """Sampled rows that finish at different steps (an EOS-biased head: compaction), prompts of three lengths
-    (left padding): the compiled and the Python step give the same tokens and log-probs, exactly."""
+    (left padding): the compiled calls (`LeanLlama.advance`: step, head and draw, for greedy and unfiltered
+    sampling from per-row streams or one generator; `step` alone under top-k) and the Python step give the same
+    tokens and log-probs, exactly."""
     model, tok = tiny
     head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
     head.weight.data.copy_(model.lm_head.weight.data)
     head.bias.data.zero_()
-    head.bias.data[tok.eos_token_id] = 3.0
+    head.bias.data[tok.eos_token_id] = 0.0 if sampling == "greedy" else 3.0   # greedy: no row would start
     model.lm_head, original = head, model.lm_head
     try:
-        prompts, params = ["the code", "What is 12 + 30?", "review this line: for x in range(10)"], \
-            SamplingParams(max_new_tokens=20, seeds=[1, 2, 3])
+        prompts = ["the code", "What is 12 + 30?", "review this line: for x in range(10)"]
+        params = SamplingParams(max_new_tokens=20, **SAMPLINGS[sampling])
         outs = []
         for flag in ("1", "0"):
             monkeypatch.setenv("POSTTRAIN_NATIVE", flag)
             outs.append(HFBackend(model, tok, batch_size=12).generate(prompts, 4, params))
     finally:
         model.lm_head = original
-    assert len({len(ids) for ids in outs[0].completion_ids}) > 3
+    lengths = {len(ids) for ids in outs[0].completion_ids}
+    assert max(lengths) == 20 if sampling == "greedy" else len(lengths) > 3
     assert outs[0].completion_ids == outs[1].completion_ids
     assert outs[0].completion_logps == outs[1].completion_logps
 

@@ -330,8 +330,10 @@ class HFBackend:
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
         eos0 = int(eos[0])
         stopper = _StopStrings(self.tokenizer, params.stop)
+        unfiltered = params.greedy or (not 0 < params.top_k < logits.shape[-1] and params.top_p >= 1.0)
+        drawn = sample_next(logits, params, *b.uniforms(us, 0, generator, params))
         for step in range(budget):
-            tokens, lps = sample_next(logits, params, *b.uniforms(us, step, generator, params))
+            tokens, lps = drawn
             b.record(step, tokens, lps)
             done = tokens == eos0 if len(eos) == 1 else torch.isin(tokens, eos)
             if stopper.stop:
@@ -341,8 +343,12 @@ class HFBackend:
                 break
             slot = width + step
             seen = None if b.keys is None else b.keys[..., :slot + 1]
-            hidden = lean.step(b.tokens, lean.rope(b.pos), b.cache, slot, seen)
-            logits = lean.logits(hidden)
+            if unfiltered and lean.compiled(len(b.rows)):   # step, head and draw: one compiled call
+                drawn = lean.advance(b.tokens, b.pos, b.cache, slot, seen, b.plain_uniforms(
+                    us, step + 1, generator, params), 0.0 if params.greedy else params.temperature)
+            else:
+                logits = lean.logits(lean.step(b.tokens, lean.rope(b.pos), b.cache, slot, seen))
+                drawn = sample_next(logits, params, *b.uniforms(us, step + 1, generator, params))
             b.pos = b.pos + 1
         n_tok = b.length.tolist()
         return ([r[:k] for r, k in zip(b.out_tok.t().tolist(), n_tok)],

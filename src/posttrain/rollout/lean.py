@@ -282,7 +282,7 @@ class LeanLlama:
         bit; test), kept in [B, heads, 1, D] (no query axis to transpose in and out) so that the step is ~30 torch
         calls per layer: at these sizes (16 rows, 256 wide) each call costs about what its arithmetic does."""
         b, h, kv, d = tokens.shape[0], self.heads, self.kv, self.dim
-        if self.native is not None and self.native.supports(b):
+        if self.compiled(b):
             return self.native(self, tokens, rope, cache, slot, mask)   # the same ops compiled (`native`)
         cos, sin = rope
         x = self.embed.index_select(0, tokens)                                  # [B, hidden]
@@ -295,6 +295,18 @@ class LeanLlama:
             gu, i = L["gu"](_rms(x, L["ln2"], self.eps)), L["inter"]
             x = x + L["down"](F.silu(gu[:, :i]) * gu[:, i:])
         return _rms(x, self.norm, self.eps)
+
+    def advance(self, tokens: Tensor, pos: Tensor, cache, slot: int, mask: Tensor | None, u: Tensor | None,
+                temperature: float) -> tuple[Tensor, Tensor]:
+        """`step` at positions `pos`, `logits`, and `hf.sample_next`'s draw without top-k / top-p (greedy at
+        `temperature` 0, else with the rows' uniforms `u` [B, 1]) in one compiled call (`native`): (next tokens,
+        their log-probs), the same values bit for bit (tests). Only where `compiled(rows)`; elsewhere the caller
+        runs the three itself."""
+        return self.native.advance(self, tokens, pos, cache, slot, mask, u, temperature)
+
+    def compiled(self, rows: int) -> bool:
+        """Whether a step of `rows` rows runs compiled (`native`), so that `advance` can be called."""
+        return self.native is not None and self.native.supports(rows)
 
     def logits(self, hidden: Tensor, prefill: bool = False) -> Tensor:
         """float32 logits [B, V] of hidden states [B, hidden] (`prefill`: rows of a prefill, see `_Linear`)."""
@@ -345,6 +357,16 @@ class DecodeRows:
         u = torch.zeros(len(self.rows), device=self.rows.device)
         u[self.live] = torch.rand(int(self.live.sum()), generator=generator, device=self.rows.device)
         return None, u
+
+    def plain_uniforms(self, us: Tensor | None, step: int, generator, params) -> Tensor | None:
+        """`uniforms` as `LeanLlama.advance` takes them: [rows, 1] float32 (drawn here from the generator when
+        `sample_next` would draw them, the same values), None when greedy."""
+        if params.greedy:
+            return None
+        generator, u = self.uniforms(us, step, generator, params)
+        if u is None:
+            return torch.rand((len(self.rows), 1), generator=generator, device=self.rows.device, dtype=torch.float32)
+        return u.to(torch.float32).view(-1, 1)
 
     def record(self, step: int, tokens: Tensor, lps: Tensor) -> None:
         self.tokens = tokens

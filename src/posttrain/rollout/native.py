@@ -1,7 +1,10 @@
 """The lean decode step compiled: `csrc/lean_step.cpp` is `LeanLlama.step` as the same ATen calls in the same
-order, so the same values bit for bit (tests), with no Python between them. At the bench's sizes (16 rows, 256
-wide) a torch call from Python costs ~10 us in a decode step, about what its arithmetic does; the step's ~120 calls
-from C++ cost a few us each: a bench generate took 689 -> 624 ms (bench/README.md, "The decode step in C++").
+order, so the same values bit for bit (tests), with no Python between them; `advance` adds the output head and
+`hf.sample_next`'s draw (greedy or unfiltered), so that a decode step is one call from Python; and the rotary
+products and the cache write are one hand-written pass (the same products and sums, each rounded: no fused
+multiply-add). At the bench's sizes (16 rows, 256 wide) a torch call from Python costs ~10 us in a decode step,
+about what its arithmetic does; from C++ a few us. A bench generate runs ~1.15-1.19x faster than with the Python
+step (bench/README.md, "The decode step in C++").
 
 Built on first use with the machine's C++ compiler (`$CXX`, else `c++`) against the running torch's headers and
 libraries (`torch.utils.cpp_extension.include_paths` / `library_paths`), ~20 s on 2 cores, once per machine: the
@@ -25,7 +28,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "lean_step.cpp"
-FLAGS = ("-O2", "-std=c++20", "-fPIC", "-shared", "-w")
+FLAGS = ("-O2", "-ffp-contract=off", "-std=c++20", "-fPIC", "-shared", "-w")
 _STATE: dict = {}   # "op": the loaded op, or "error": why there is none (tried once per process)
 
 
@@ -128,10 +131,16 @@ class NativeStep:
 
     def __init__(self, lean, op):
         self.op, self.kind, self.rows, self.params, self.meta = op, lean.kind, None, None, None
+        self.advance_op, self.with_head = torch.ops.posttrain_lean.advance, None
         self.scales = [float(L["scale"]) for L in lean.layers]
 
     def supports(self, rows: int) -> bool:
         return self.kind == "mkl" or rows <= 64
+
+    @staticmethod
+    def _linear(lin, rows: int) -> tuple[list, int]:
+        lin.fit(rows)
+        return [lin.packed, lin.weight, lin.bias, getattr(lin, "pad", None)], lin.rows
 
     def _bind(self, lean, rows: int) -> None:
         params, meta = [lean.embed, lean.norm], [lean.heads, lean.kv, lean.dim, 0 if lean.kind == "mkl" else 1]
@@ -139,18 +148,29 @@ class NativeStep:
             params += [L["ln1"], L["ln2"]]
             meta.append(L["inter"])
             for name in ("qkv", "o", "gu", "down"):
-                lin = L[name]
-                lin.fit(rows)
-                params += [lin.packed, lin.weight, lin.bias, getattr(lin, "pad", None)]
-                meta.append(lin.rows)
+                more, packed_rows = self._linear(L[name], rows)
+                params += more
+                meta.append(packed_rows)
+        head, head_rows = self._linear(lean.head, rows)
         self.rows, self.params, self.meta = rows, params, meta
+        self.with_head = (params + head, meta + [head_rows])   # `advance`'s: the output head last
 
-    def __call__(self, lean, tokens, rope, cache, slot: int, mask):
-        rows = tokens.shape[0]
+    def _ready(self, lean, rows: int) -> None:
         if rows != self.rows:
             self._bind(lean, rows)
+
+    def __call__(self, lean, tokens, rope, cache, slot: int, mask):
+        self._ready(lean, tokens.shape[0])
         flat = [t for layer in cache for t in layer]
         return self.op(tokens, rope[0], rope[1], flat, slot, mask, self.params, self.meta, self.scales, *lean.eps)
+
+    def advance(self, lean, tokens, pos, cache, slot: int, mask, u, temperature: float):
+        """`__call__`, the head's logits and `hf.sample_next`'s draw (greedy when `temperature` is 0, else
+        unfiltered with the uniforms `u` [B, 1]) in one call: (next tokens [B], their log-probs [B])."""
+        self._ready(lean, tokens.shape[0])
+        flat = [t for layer in cache for t in layer]
+        return self.advance_op(tokens, pos, lean.cos, lean.sin, flat, slot, mask, *self.with_head, self.scales,
+                               *lean.eps, u, temperature)
 
 if __name__ == "__main__":   # python -m posttrain.rollout.native: build (or find) it now, e.g. before timing a run
     op = load()

@@ -6,6 +6,9 @@
 //           layer's 4 linears (qkv, o, gate/up, down), each (packed, weight?, bias?, pad?)
 //   meta:   heads, KV heads, head dim, linear kind (0 mkl, 1 onednn), then per layer the MLP width and the 4
 //           linears' packed row counts (mkl)
+// `advance` is `step`, then the output head (params and meta end with the head's linear and its row count), then
+// `hf.sample_next` for greedy (temperature 0) or unfiltered sampling with the rows' uniforms `u` [B, 1]: the next
+// tokens and their log-probs.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -56,15 +59,48 @@ Tensor rms(const Tensor& x, const OptTensor& weight, const Tensor& eps, const Te
   return weight.has_value() ? *weight * h : h;
 }
 
-Tensor step(const Tensor& tokens, const Tensor& cos, const Tensor& sin, at::TensorList cache, int64_t slot,
-            const OptTensor& mask, const c10::List<OptTensor>& params, at::IntArrayRef meta,
-            at::ArrayRef<double> scales, const Tensor& eps, const Tensor& width) {
+// lean._rotate of q/k/v [B, H + 2 KV, 1, D] (contiguous) at its rows' tables (the same shape), x * cos +
+// roll(x, D / 2) * sin, with the same two products and one sum per element as those three ATen calls (each rounded;
+// built with -ffp-contract=off: no fused multiply-add), in one pass that writes the k/v heads straight into cache
+// slot `slot` of `c` [B, 2 KV, len, D] (the copy `c[:, :, slot] = r[:, H:]`) and returns the q heads [B, H, 1, D]
+Tensor rotate_into(const Tensor& qkv, const Tensor& cos, const Tensor& sin, const Tensor& c, int64_t h, int64_t slot) {
+  TORCH_CHECK(qkv.is_contiguous() && cos.is_contiguous() && sin.is_contiguous() && c.stride(3) == 1
+              && qkv.scalar_type() == at::kFloat && cos.scalar_type() == at::kFloat && c.scalar_type() == at::kFloat,
+              "posttrain_lean: rotate_into takes contiguous float32 q/k/v and tables");
+  const int64_t b = qkv.size(0), heads = qkv.size(1), d = qkv.size(3), half = d / 2;
+  Tensor q = at::empty({b, h, 1, d}, qkv.options());
+  const float* x = qkv.data_ptr<float>();
+  const float* cs = cos.data_ptr<float>();
+  const float* sn = sin.data_ptr<float>();
+  float* qo = q.data_ptr<float>();
+  float* co = c.data_ptr<float>();
+  const int64_t cb = c.stride(0), ch = c.stride(1), cl = c.stride(2);
+  for (int64_t i = 0; i < b; ++i) {
+    for (int64_t j = 0; j < heads; ++j) {
+      const int64_t at = (i * heads + j) * d;
+      const float* xr = x + at;
+      const float* cr = cs + at;
+      const float* sr = sn + at;
+      float* out = j < h ? qo + (i * h + j) * d : co + i * cb + (j - h) * ch + slot * cl;
+      for (int64_t k = 0; k < half; ++k) {
+        const float a = xr[k] * cr[k], r = xr[k + half] * sr[k];
+        out[k] = a + r;
+      }
+      for (int64_t k = half; k < d; ++k) {
+        const float a = xr[k] * cr[k], r = xr[k - half] * sr[k];
+        out[k] = a + r;
+      }
+    }
+  }
+  return q;
+}
+
+Tensor hidden(const std::vector<OptTensor>& p, const Tensor& tokens, const Tensor& cos, const Tensor& sin,
+              at::TensorList cache, int64_t slot, const OptTensor& mask, at::IntArrayRef meta,
+              at::ArrayRef<double> scales, const Tensor& eps, const Tensor& width) {
   const int64_t b = tokens.size(0), h = meta[0], kv = meta[1], d = meta[2];
   const bool mkl = meta[3] == 0;
   const int64_t layers = static_cast<int64_t>(cache.size()) / 3;
-  TORCH_CHECK(static_cast<int64_t>(params.size()) == 2 + layers * 18 && static_cast<int64_t>(meta.size()) == 4 + layers * 5
-              && static_cast<int64_t>(scales.size()) == layers, "posttrain_lean::step: argument counts do not match the layers");
-  std::vector<OptTensor> p(params.begin(), params.end());
   Tensor x = p[0]->index_select(0, tokens);                                    // [B, hidden]
   size_t i = 2, j = 4;
   for (int64_t layer = 0; layer < layers; ++layer) {
@@ -81,15 +117,58 @@ Tensor step(const Tensor& tokens, const Tensor& cos, const Tensor& sin, at::Tens
       i += 4;
     }
     Tensor qkv = lin[0](rms(x, ln1, eps, width)).view({b, h + 2 * kv, 1, d});
-    Tensor r = qkv * cos + qkv.roll({d / 2}, {-1}) * sin;                      // lean._rotate
-    c.slice(2, slot, slot + 1).copy_(r.slice(1, h));
-    Tensor att = at::scaled_dot_product_attention(r.slice(1, 0, h), k.slice(2, 0, slot + 1), v.slice(2, 0, slot + 1),
+    Tensor q = rotate_into(qkv, cos, sin, c, h, slot);                          // lean._rotate, k/v to the cache
+    Tensor att = at::scaled_dot_product_attention(q, k.slice(2, 0, slot + 1), v.slice(2, 0, slot + 1),
                                                  mask, 0.0, false, scales[layer], h != kv);
     x = x + lin[1](att.view({b, h * d}));
     Tensor gu = lin[2](rms(x, ln2, eps, width));
     x = x + lin[3](at::silu(gu.slice(1, 0, inter)) * gu.slice(1, inter));
   }
   return rms(x, p[1], eps, width);
+}
+
+void check_counts(const char* name, size_t params, size_t meta, size_t scales, size_t cache, size_t head) {
+  const size_t layers = cache / 3;
+  TORCH_CHECK(params == 2 + layers * 18 + 4 * head && meta == 4 + layers * 5 + head && scales == layers,
+              "posttrain_lean::", name, ": argument counts do not match the layers");
+}
+
+Tensor step(const Tensor& tokens, const Tensor& cos, const Tensor& sin, at::TensorList cache, int64_t slot,
+            const OptTensor& mask, const c10::List<OptTensor>& params, at::IntArrayRef meta,
+            at::ArrayRef<double> scales, const Tensor& eps, const Tensor& width) {
+  check_counts("step", params.size(), meta.size(), scales.size(), cache.size(), 0);
+  std::vector<OptTensor> p(params.begin(), params.end());
+  return hidden(p, tokens, cos, sin, cache, slot, mask, meta, scales, eps, width);
+}
+
+// hf.sample_next without top-k / top-p: greedy (temperature 0: argmax), else inverse CDF at u * total (hf.draw)
+std::tuple<Tensor, Tensor> sample(const Tensor& logits, const OptTensor& u, double temperature) {
+  if (temperature == 0.0) {
+    Tensor tokens = logits.argmax(-1);
+    return {tokens, at::log_softmax(logits, -1).gather(1, tokens.unsqueeze(1)).squeeze(1)};
+  }
+  TORCH_CHECK(u.has_value(), "posttrain_lean::advance: sampling needs the rows' uniforms");
+  Tensor scaled = temperature != 1.0 ? logits / temperature : logits;
+  Tensor logps = at::log_softmax(scaled, -1);
+  Tensor cdf = logps.exp().cumsum(-1);
+  Tensor total = cdf.slice(1, cdf.size(1) - 1).contiguous();
+  Tensor top = at::searchsorted(cdf, total);
+  Tensor tokens = at::minimum(at::searchsorted(cdf, *u * total, false, true), top).squeeze(1);
+  return {tokens, logps.gather(1, tokens.unsqueeze(1)).squeeze(1)};
+}
+
+std::tuple<Tensor, Tensor> advance(const Tensor& tokens, const Tensor& pos, const Tensor& cos_table,
+                                   const Tensor& sin_table, at::TensorList cache, int64_t slot, const OptTensor& mask,
+                                   const c10::List<OptTensor>& params, at::IntArrayRef meta,
+                                   at::ArrayRef<double> scales, const Tensor& eps, const Tensor& width,
+                                   const OptTensor& u, double temperature) {
+  check_counts("advance", params.size(), meta.size(), scales.size(), cache.size(), 1);
+  std::vector<OptTensor> p(params.begin(), params.end());
+  const size_t n = p.size();
+  Tensor x = hidden(p, tokens, cos_table.index_select(0, pos), sin_table.index_select(0, pos), cache, slot, mask,
+                    meta, scales, eps, width);
+  Linear head{*p[n - 4], p[n - 3], p[n - 2], p[n - 1], meta[meta.size() - 1], meta[3] == 0};
+  return sample(head(x), u, temperature);
 }
 
 }  // namespace
@@ -99,4 +178,8 @@ TORCH_LIBRARY(posttrain_lean, m) {
   m.def("step(Tensor tokens, Tensor cos, Tensor sin, Tensor[] cache, int slot, Tensor? mask, Tensor?[] params, "
         "int[] meta, float[] scales, Tensor eps, Tensor width) -> Tensor",
         TORCH_FN(step));
+  m.def("advance(Tensor tokens, Tensor pos, Tensor cos, Tensor sin, Tensor[] cache, int slot, Tensor? mask, "
+        "Tensor?[] params, int[] meta, float[] scales, Tensor eps, Tensor width, Tensor? u, float temperature) "
+        "-> (Tensor, Tensor)",
+        TORCH_FN(advance));
 }
