@@ -245,7 +245,7 @@ def test_finished_rows_kept_or_compacted_give_the_same_samples(tiny_model_dir, p
     drops finished rows at once), with one generator for all rows and with per-row streams; and so are those of
     one prompt per chunk (batch_size 4: no left padding, no key mask) with per-row streams (one generator's
     draws depend on the chunking)."""
-    import posttrain.rollout.lean as lean
+    import posttrain.rollout.decode_rows as decode_rows
 
     model, tok = load(tiny_model_dir)
     model.lm_head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
@@ -256,7 +256,7 @@ def test_finished_rows_kept_or_compacted_give_the_same_samples(tiny_model_dir, p
     params = SamplingParams(max_new_tokens=24, **kw)
     outs = []
     for share, batch in ((1.0, 12), (0.75, 12), (0.0, 12)) + (((0.75, 4),) if seeded == "seeds" else ()):
-        monkeypatch.setattr(lean, "COMPACT", share)
+        monkeypatch.setattr(decode_rows, "COMPACT", share)
         outs.append(HFBackend(model, tok, batch_size=batch).generate(prompts, 4, params))
     plain = HFBackend(model, tok, batch_size=12, lean=False).generate(prompts, 4, params)
     lengths = {len(ids) for ids in plain.completion_ids}

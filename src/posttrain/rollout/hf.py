@@ -32,7 +32,8 @@ from torch import Tensor
 from posttrain.core.strategy import gathered
 
 from .base import Rollouts, SamplingParams, check_prompts, check_seeds, cut_at_stop, derive_seed
-from .lean import DecodeRows, LeanLlama, lean_supported, prefill_mask
+from .decode_rows import DecodeRows
+from .lean import LeanLlama, lean_supported, prefill_mask
 
 
 def filter_top_k_top_p(scores: Tensor, top_k: int, top_p: float) -> Tensor:
@@ -309,7 +310,7 @@ class HFBackend:
                     ) -> tuple[list[list[int]], list[list[float]]]:
         """`_generate_chunk` on `lean.LeanLlama`: the same rows, order, sampling and RNG use, with a static cache
         and a mask built once. Rows that finished stay in the batch (their tokens past the end are never read)
-        until at most `lean.COMPACT` of it is live; then it is compacted (`lean.DecodeRows.compact`: the live rows'
+        until at most `decode_rows.COMPACT` of it is live; then it is compacted (`DecodeRows.compact`: the live rows'
         cache, mask and positions copied). A row's step does not depend on the other rows, so this changes no
         value; it trades a copy of every layer's cache per finishing step for a few rows decoded in vain."""
         ids, mask = left_pad(prompt_ids, self.pad_id, self.device)
