@@ -36,16 +36,6 @@ class DecodeRows:
         u[self.live] = torch.rand(int(self.live.sum()), generator=generator, device=self.rows.device)
         return None, u
 
-    def plain_uniforms(self, us: Tensor | None, step: int, generator, params) -> Tensor | None:
-        """`uniforms` as `LeanLlama.advance` takes them: [rows, 1] float32 (drawn here from the generator when
-        `sample_next` would draw them, the same values), None when greedy."""
-        if params.greedy:
-            return None
-        generator, u = self.uniforms(us, step, generator, params)
-        if u is None:
-            return torch.rand((len(self.rows), 1), generator=generator, device=self.rows.device, dtype=torch.float32)
-        return u.to(torch.float32).view(-1, 1)
-
     def record(self, step: int, tokens: Tensor, lps: Tensor) -> None:
         self.tokens = tokens
         if self.full:

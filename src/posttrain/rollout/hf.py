@@ -63,13 +63,20 @@ def draw(probs: Tensor, generator: torch.Generator | None = None, u: Tensor | No
     a zero-probability index is never drawn (its cumulative mass equals its predecessor's).
     `u` [A] or [A, 1]: the rows' uniforms, given (per-sample streams); else A are drawn from `generator`."""
     cdf = probs.cumsum(dim=-1)
-    if u is None:
-        u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
-    elif u.shape != (len(cdf), 1) or u.dtype != cdf.dtype or u.device != cdf.device:   # [A, 1]: as is
-        u = u.to(device=probs.device, dtype=cdf.dtype).view(-1, 1)
+    u = uniform_column(u, generator, len(cdf), cdf.device, cdf.dtype)
     total = cdf[:, -1:].contiguous()
     top = torch.searchsorted(cdf, total)  # where the mass reaches its total (u * total may round up): the count
     return torch.minimum(torch.searchsorted(cdf, u * total, right=True), top).squeeze(1)   # of cdf < total
+
+
+def uniform_column(u: Tensor | None, generator: torch.Generator | None, rows: int, device, dtype) -> Tensor:
+    """The rows' uniforms for `draw` as [rows, 1] `dtype`: `u` ([rows] or [rows, 1]; as is when it already is
+    that), or None: `rows` drawn from `generator`."""
+    if u is None:
+        return torch.rand((rows, 1), generator=generator, device=device, dtype=dtype)
+    if u.shape != (rows, 1) or u.dtype != dtype or u.device != device:
+        return u.to(device=device, dtype=dtype).view(-1, 1)
+    return u
 
 
 def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None,
@@ -345,8 +352,10 @@ class HFBackend:
             slot = width + step
             seen = None if b.keys is None else b.keys[..., :slot + 1]
             if unfiltered and lean.compiled(len(b.rows)):   # step, head and draw: one compiled call
-                drawn = lean.advance(b.tokens, b.pos, b.cache, slot, seen, b.plain_uniforms(
-                    us, step + 1, generator, params), 0.0 if params.greedy else params.temperature)
+                gen, u = b.uniforms(us, step + 1, generator, params)   # the draw of `draw`, made here
+                u = None if params.greedy else uniform_column(u, gen, len(b.rows), self.device, torch.float32)
+                drawn = lean.advance(b.tokens, b.pos, b.cache, slot, seen, u,
+                                     0.0 if params.greedy else params.temperature)
             else:
                 logits = lean.logits(lean.step(b.tokens, lean.rope(b.pos), b.cache, slot, seen))
                 drawn = sample_next(logits, params, *b.uniforms(us, step + 1, generator, params))

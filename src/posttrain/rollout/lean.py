@@ -135,7 +135,7 @@ class _Linear:
             self.pad[:m].copy_(x)   # rows finished: padded up to the packed row count, the extra outputs dropped
             return self.op(self.pad, self.packed, self.weight, self.bias, self.rows)[:m]
         if self.packed is not None:
-            if x.shape[0] <= 64:   # a decode step's rows (or a short prefill): at most 64 shapes, called as is
+            if x.shape[0] <= ONEDNN_AS_IS:   # a decode step's rows (or a short prefill): few shapes, called as is
                 return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
             return bucketed_linear(x, self.packed, self.bias)   # a prefill's B x T rows vary: bucketed
         if len(self.parts) == 1:
@@ -149,6 +149,7 @@ class _Linear:
 
 
 KINDS = ("mkl", "onednn")
+ONEDNN_AS_IS = 64   # "onednn": row counts up to this are multiplied as they come; more are bucketed (a prefill)
 
 
 def linear_kind(weight: Tensor) -> str | None:

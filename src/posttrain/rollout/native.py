@@ -135,7 +135,9 @@ class NativeStep:
         self.scales = [float(L["scale"]) for L in lean.layers]
 
     def supports(self, rows: int) -> bool:
-        return self.kind == "mkl" or rows <= 64
+        from posttrain.rollout.lean import ONEDNN_AS_IS
+
+        return self.kind == "mkl" or rows <= ONEDNN_AS_IS
 
     @staticmethod
     def _linear(lin, rows: int) -> tuple[list, int]:
