@@ -56,7 +56,19 @@ def _make(original):
     return apply_rotary_pos_emb
 
 
+def _plain(fn):
+    """The Python function itself: transformers >= 5.25 (with the `kernels` package) wraps `apply_rotary_pos_emb`
+    in an `nn.Module` whose forward calls the function it closed over (`func`), so that a hub kernel can stand in
+    for it once a model is kernelized; else `fn` as it is."""
+    forward = getattr(type(fn), "forward", None) if isinstance(fn, nn.Module) else None
+    code = getattr(forward, "__code__", None)
+    if code is not None and "func" in code.co_freevars:
+        return forward.__closure__[code.co_freevars.index("func")].cell_contents
+    return fn
+
+
 def _same_code(f, g) -> bool:
+    f, g = _plain(f), _plain(g)
     a, b = getattr(f, "__code__", None), getattr(g, "__code__", None)
     return a is not None and b is not None and (a.co_code, a.co_names, a.co_consts) == (b.co_code, b.co_names,
                                                                                          b.co_consts)
