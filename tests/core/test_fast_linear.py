@@ -130,14 +130,19 @@ def test_every_algorithm_asks_and_the_cpu_decides(monkeypatch):
 
     assert all(a.onednn_linear for a in (Algorithm, SFT, DPO, RewardModel, GRPO))
     monkeypatch.delenv(fl.ENV, raising=False)
-    for vendor, want in (("GenuineIntel", False), ("AuthenticAMD", True), ("", False)):
+    cases = (("GenuineIntel", True, False), ("AuthenticAMD", True, True), ("AuthenticAMD", False, False),
+             ("", False, False))   # (vendor, AVX-512, oneDNN): only AMD with AVX-512 (Zen 4) gains
+    for vendor, avx512, want in cases:
         monkeypatch.setattr(fl, "cpu_vendor", lambda v=vendor: v)
+        monkeypatch.setattr(fl, "cpu_has_avx512", lambda a=avx512: a)
         assert fl.onednn_pays() is want
         lin = torch.nn.Linear(4, 3)
         speed_up(lin, onednn_linear=True)
         assert ("forward" in vars(lin)) is want
+    monkeypatch.setattr(fl, "cpu_vendor", lambda: "AuthenticAMD")
+    monkeypatch.setattr(fl, "cpu_has_avx512", lambda: True)
     monkeypatch.setenv(fl.ENV, "0")
-    assert not fl.onednn_pays()                      # AMD, forced off
+    assert not fl.onednn_pays()                      # AMD with AVX-512, forced off
     monkeypatch.setattr(fl, "cpu_vendor", lambda: "GenuineIntel")
     monkeypatch.setenv(fl.ENV, "1")
     assert fl.onednn_pays()                          # Intel, forced on

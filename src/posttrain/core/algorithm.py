@@ -21,8 +21,9 @@ class Algorithm:
     # ratios across passes, a reward model's scores. TRL disables dropout in these trainers too.
     dropout: bool = True
     # True: float32 `nn.Linear` layers on a CPU may run on oneDNN (`core/fast_linear.py`; equal to MKL's results
-    # to float rounding, ~2x faster on AMD CPUs); `fast_linear.onednn_pays` decides by CPU vendor (not on Intel,
-    # where MKL is as fast). Every algorithm asks; False keeps MKL whatever the CPU. See `core/speedups.py`.
+    # to float rounding, ~2x faster on AMD CPUs with AVX-512); `fast_linear.onednn_pays` decides by CPU vendor and
+    # AVX-512 (not on Intel, where MKL is as fast, nor without AVX-512, where MKL is faster). Every algorithm asks;
+    # False keeps MKL whatever the CPU. See `core/speedups.py`.
     onednn_linear: bool = True
 
     def setup(self, engine) -> None:

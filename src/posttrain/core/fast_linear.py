@@ -1,11 +1,14 @@
 """float32 `nn.Linear` on a CPU through oneDNN's matmul, forward and backward: `onednn_linears(model)`.
 
 On a CPU, torch's float32 `F.linear` / `mm` call MKL's sgemm. MKL dispatches by CPU vendor: on AMD EPYC
-(Zen) it takes its AVX2 code path and runs ~100 GFLOP/s per core, while oneDNN (also shipped inside torch,
-`torch.ops.mkldnn._linear_pointwise`, the op torch.compile's CPU freezing emits) runs the same float32
-products with AVX-512 at ~190-230 GFLOP/s (bench/README.md, "GRPO: oneDNN matmuls"). On Intel, MKL runs
-AVX-512 too and was as fast or faster (bench/README.md, "oneDNN linears: bounded shapes"), so `onednn_pays`
-picks by vendor (`POSTTRAIN_ONEDNN_LINEAR=1` / `0` forces it). Each product of a linear layer goes through oneDNN:
+(Zen) it takes its AVX2 code path, so on a Zen 4 with AVX-512 it runs ~100 GFLOP/s per core while oneDNN (also
+shipped inside torch, `torch.ops.mkldnn._linear_pointwise`, the op torch.compile's CPU freezing emits) runs the
+same float32 products with AVX-512 at ~190-230 GFLOP/s (bench/README.md, "GRPO: oneDNN matmuls"). On Intel, MKL
+runs AVX-512 too and was as fast or faster (bench/README.md, "oneDNN linears: bounded shapes"); on an AMD CPU
+without AVX-512 (Zen 3) both libraries run AVX2 at the same rate, and MKL reads transposed operands in place
+where oneDNN copies them, so MKL's steps were 20-30% shorter (bench/README.md, "AMD without AVX-512").
+`onednn_pays` picks by vendor and AVX-512 (`POSTTRAIN_ONEDNN_LINEAR=1` / `0` forces it). Each product of a
+linear layer goes through oneDNN:
 
     y  = x W^T + b          _linear_pointwise(x, W, b)
     dx = g W                _linear_pointwise(g, W^T)        (W^T a view: oneDNN reads the strides)
@@ -48,24 +51,36 @@ def onednn_available() -> bool:
 ENV = "POSTTRAIN_ONEDNN_LINEAR"
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_vendor() -> str:
-    """The x86 CPU vendor string (`GenuineIntel`, `AuthenticAMD`, ...); "" elsewhere or when unknown."""
+def _cpuinfo_field(name: str) -> str:
+    """The first `name : value` of /proc/cpuinfo on an x86 CPU; "" elsewhere or when unknown."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return ""
     try:
         with open("/proc/cpuinfo") as f:
-            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("vendor_id")), "")
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.split(":", 1)[0].strip() == name), "")
     except OSError:
         return ""
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_vendor() -> str:
+    """The x86 CPU vendor string (`GenuineIntel`, `AuthenticAMD`, ...); "" elsewhere or when unknown."""
+    return _cpuinfo_field("vendor_id")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_avx512() -> bool:
+    """Whether the x86 CPU has AVX-512 (the `avx512f` flag); False elsewhere or when unknown."""
+    return "avx512f" in _cpuinfo_field("flags").split()
+
+
 def onednn_pays() -> bool:
     """Whether float32 linears run on oneDNN here (`Algorithm.onednn_linear` asks; this decides).
-    `POSTTRAIN_ONEDNN_LINEAR=1` / `=0` forces it; unset, yes on a non-Intel x86 CPU (AMD), where MKL, torch's
-    default, takes its AVX2 path (~100 vs ~190-230 GFLOP/s per core on an AMD EPYC), no on Intel, where MKL runs
-    AVX-512 and was as fast as oneDNN or faster at the bench's shapes (bench/README.md, "oneDNN linears: bounded
-    shapes"), and no elsewhere."""
+    `POSTTRAIN_ONEDNN_LINEAR=1` / `=0` forces it; unset, yes on a non-Intel x86 CPU with AVX-512 (AMD Zen 4),
+    where MKL, torch's default, takes its AVX2 path (~100 vs ~190-230 GFLOP/s per core), no on Intel, where MKL
+    runs AVX-512 and was as fast as oneDNN or faster at the bench's shapes (bench/README.md, "oneDNN linears:
+    bounded shapes"), no on an x86 CPU without AVX-512 (AMD Zen 3: both run AVX2 alike, and oneDNN's transposed
+    copies made every training step 20-30% longer), and no elsewhere."""
     v = os.environ.get(ENV, "").strip().lower()
     if v in ("1", "true", "yes", "on"):
         return onednn_available()
@@ -73,7 +88,7 @@ def onednn_pays() -> bool:
         return False
     if v:
         raise ValueError(f"{ENV}: expected 1 (oneDNN) or 0 (MKL), or unset (by CPU vendor), found {v!r}")
-    return onednn_available() and cpu_vendor() not in ("", "GenuineIntel")
+    return onednn_available() and cpu_vendor() not in ("", "GenuineIntel") and cpu_has_avx512()
 
 
 def _pointwise(a: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
