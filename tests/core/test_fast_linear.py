@@ -136,6 +136,7 @@ def test_every_algorithm_asks_and_the_cpu_decides(monkeypatch):
         monkeypatch.setattr(fl, "cpu_vendor", lambda v=vendor: v)
         monkeypatch.setattr(fl, "cpu_has_avx512", lambda a=avx512: a)
         assert fl.onednn_pays() is want
+        assert fl.onednn_pays(decode=True) is (vendor == "AuthenticAMD")   # decode: any non-Intel x86
         lin = torch.nn.Linear(4, 3)
         speed_up(lin, onednn_linear=True)
         assert ("forward" in vars(lin)) is want

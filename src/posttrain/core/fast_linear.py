@@ -74,13 +74,16 @@ def cpu_has_avx512() -> bool:
     return "avx512f" in _cpuinfo_field("flags").split()
 
 
-def onednn_pays() -> bool:
+def onednn_pays(decode: bool = False) -> bool:
     """Whether float32 linears run on oneDNN here (`Algorithm.onednn_linear` asks; this decides).
     `POSTTRAIN_ONEDNN_LINEAR=1` / `=0` forces it; unset, yes on a non-Intel x86 CPU with AVX-512 (AMD Zen 4),
     where MKL, torch's default, takes its AVX2 path (~100 vs ~190-230 GFLOP/s per core), no on Intel, where MKL
     runs AVX-512 and was as fast as oneDNN or faster at the bench's shapes (bench/README.md, "oneDNN linears:
     bounded shapes"), no on an x86 CPU without AVX-512 (AMD Zen 3: both run AVX2 alike, and oneDNN's transposed
-    copies made every training step 20-30% longer), and no elsewhere."""
+    copies made every training step 20-30% longer), and no elsewhere. `decode`: for the lean decode's weights,
+    prepacked once and multiplied by a few rows (`rollout/lean.py`), where no operand is transposed, oneDNN is
+    the one on any non-Intel x86 CPU (the 17 linears of a tiny-llama decode step on a Zen 3 EPYC, 2 threads:
+    2.3 ms on oneDNN, 3.1 ms on MKL's packed sgemm; `bench/decode_cpu.py --linears --threads 2`)."""
     v = os.environ.get(ENV, "").strip().lower()
     if v in ("1", "true", "yes", "on"):
         return onednn_available()
@@ -88,7 +91,7 @@ def onednn_pays() -> bool:
         return False
     if v:
         raise ValueError(f"{ENV}: expected 1 (oneDNN) or 0 (MKL), or unset (by CPU vendor), found {v!r}")
-    return onednn_available() and cpu_vendor() not in ("", "GenuineIntel") and cpu_has_avx512()
+    return onednn_available() and cpu_vendor() not in ("", "GenuineIntel") and (decode or cpu_has_avx512())
 
 
 def _pointwise(a: Tensor, w: Tensor, b: Tensor | None) -> Tensor:

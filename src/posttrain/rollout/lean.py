@@ -90,7 +90,7 @@ class _Linear:
       output does not depend on the others) until they are half of it, then the weights are packed again at the
       new M (~13 ms for the tiny-llama's 17 weights; at most log2(M) times per chunk). A prefill (`prefill`)
       runs `F.linear` on the concatenated weight (MKL).
-    - "onednn" (other x86 with AVX-512, e.g. AMD Zen 4, where MKL takes its AVX2 path): concatenated and reordered ONCE into
+    - "onednn" (other x86, e.g. AMD, where MKL takes its AVX2 path): concatenated and reordered ONCE into
       oneDNN's blocked layout; a decode step's [16, hidden] matmuls ran ~2x faster than `F.linear`, which
       repacks the weight on every call; a prefill's rows are bucketed (`fast_linear.bucketed_linear`).
     - None (GPU, other dtypes): the modules' own weights as they are, no copy.
@@ -154,13 +154,13 @@ ONEDNN_AS_IS = 64   # "onednn": row counts up to this are multiplied as they com
 
 def linear_kind(weight: Tensor) -> str | None:
     """Which `_Linear` kind decodes with `weight`: None unless float32 on a CPU; then "onednn" where
-    `fast_linear.onednn_pays()` (non-Intel x86 with AVX-512, or `POSTTRAIN_ONEDNN_LINEAR=1`), else "mkl" where
-    torch has MKL's packed sgemm (Intel, AMD without AVX-512), else "onednn" where oneDNN is there, else None."""
+    `fast_linear.onednn_pays(decode=True)` (non-Intel x86, or `POSTTRAIN_ONEDNN_LINEAR=1`), else "mkl" where torch
+    has MKL's packed sgemm (Intel), else "onednn" where oneDNN is there, else None."""
     from posttrain.core.fast_linear import onednn_pays
 
     if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
         return None
-    if not onednn_pays() and mkl_packed_available():
+    if not onednn_pays(decode=True) and mkl_packed_available():
         return "mkl"
     return "onednn" if hasattr(torch.ops.mkldnn, "_reorder_linear_weight") else None
 
