@@ -57,7 +57,8 @@ def _cpuinfo_field(name: str) -> str:
         return ""
     try:
         with open("/proc/cpuinfo") as f:
-            return next((ln.split(":", 1)[1].strip() for ln in f if ln.split(":", 1)[0].strip() == name), "")
+            fields = (ln.partition(":") for ln in f)
+            return next((value.strip() for key, _, value in fields if key.strip() == name), "")
     except OSError:
         return ""
 
@@ -90,7 +91,7 @@ def onednn_pays(decode: bool = False) -> bool:
     if v in ("0", "false", "no", "off"):
         return False
     if v:
-        raise ValueError(f"{ENV}: expected 1 (oneDNN) or 0 (MKL), or unset (by CPU vendor), found {v!r}")
+        raise ValueError(f"{ENV}: expected 1 (oneDNN) or 0 (MKL), or unset (by CPU vendor and AVX-512), found {v!r}")
     return onednn_available() and cpu_vendor() not in ("", "GenuineIntel") and (decode or cpu_has_avx512())
 
 
