@@ -48,16 +48,20 @@ def test_the_tiny_llama_takes_the_lean_path(tiny):
     assert not HFBackend(model, tok, lean=False).lean and not HFBackend(model, tok, use_cache=False).lean
 
 
-KINDS = ["mkl", "onednn", None]   # every way `_Linear` runs its matmuls (lean.linear_kind picks one)
+KINDS = ["mkl", "onednn", "avx2", None]   # every way `_Linear` runs its matmuls (lean.linear_kind picks one)
 
 
 def skip_unavailable(kind):
+    from posttrain.core.fast_linear import cpu_has_avx2_fma
+    from posttrain.rollout import native
     from posttrain.rollout.lean import mkl_packed_available
 
     if kind == "mkl" and not mkl_packed_available():
         pytest.skip("torch without MKL's packed sgemm")
     if kind == "onednn" and not torch.backends.mkldnn.is_available():
         pytest.skip("torch without oneDNN")
+    if kind == "avx2" and not (cpu_has_avx2_fma() and native.available()):
+        pytest.skip("no AVX2 and FMA here, or no compiled step (rollout.native)")
 
 
 @pytest.mark.parametrize("kind", KINDS)

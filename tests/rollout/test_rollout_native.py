@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from posttrain.core.fast_linear import cpu_has_avx2_fma
 from posttrain.rollout import SamplingParams, native
 from posttrain.rollout.hf import HFBackend
 from posttrain.rollout.lean import LeanLlama, mkl_packed_available, prefill_mask, with_views
@@ -42,7 +43,8 @@ def qwen2_with_biases(vocab: int):
 
 
 def kinds():
-    return [k for k, ok in (("mkl", mkl_packed_available()), ("onednn", torch.backends.mkldnn.is_available())) if ok]
+    return [k for k, ok in (("mkl", mkl_packed_available()), ("onednn", torch.backends.mkldnn.is_available()),
+                            ("avx2", cpu_has_avx2_fma())) if ok]
 
 
 @pytest.mark.parametrize("kind", kinds())
@@ -84,8 +86,8 @@ SAMPLINGS = {"streams": dict(seeds=[1, 2, 3]), "generator": dict(seed=4), "greed
 def test_generate_samples_the_same_with_and_without_it(op, tiny, sampling, monkeypatch):
     """Sampled rows that finish at different steps (an EOS-biased head: compaction), prompts of three lengths
     (left padding): the compiled calls (`LeanLlama.advance`: step, head and draw, for greedy and unfiltered
-    sampling from per-row streams or one generator; `step` alone under top-k) and the Python step give the same
-    tokens and log-probs, exactly."""
+    sampling from per-row streams or one generator; `step` alone under top-k) and the Python step (`compiled`
+    False: the same linear kind, the machine's own) give the same tokens and log-probs, exactly."""
     model, tok = tiny
     head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
     head.weight.data.copy_(model.lm_head.weight.data)
@@ -96,8 +98,9 @@ def test_generate_samples_the_same_with_and_without_it(op, tiny, sampling, monke
         prompts = ["the code", "What is 12 + 30?", "review this line: for x in range(10)"]
         params = SamplingParams(max_new_tokens=20, **SAMPLINGS[sampling])
         outs = []
-        for flag in ("1", "0"):
-            monkeypatch.setenv("POSTTRAIN_NATIVE", flag)
+        for compiled in (True, False):
+            if not compiled:
+                monkeypatch.setattr(LeanLlama, "compiled", lambda self, rows: False)
             outs.append(HFBackend(model, tok, batch_size=12).generate(prompts, 4, params))
     finally:
         model.lm_head = original

@@ -75,6 +75,12 @@ def cpu_has_avx512() -> bool:
     return "avx512f" in _cpuinfo_field("flags").split()
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_avx2_fma() -> bool:
+    """Whether the x86 CPU has AVX2 and FMA (the `avx2` and `fma` flags); False elsewhere or when unknown."""
+    return {"avx2", "fma"} <= set(_cpuinfo_field("flags").split())
+
+
 def onednn_pays(decode: bool = False) -> bool:
     """Whether float32 linears run on oneDNN here (`Algorithm.onednn_linear` asks; this decides).
     `POSTTRAIN_ONEDNN_LINEAR=1` / `=0` forces it; unset, yes on a non-Intel x86 CPU with AVX-512 (AMD Zen 4),
@@ -84,7 +90,8 @@ def onednn_pays(decode: bool = False) -> bool:
     copies made every training step 20-30% longer), and no elsewhere. `decode`: for the lean decode's weights,
     prepacked once and multiplied by a few rows (`rollout/lean.py`), where no operand is transposed, oneDNN is
     the one on any non-Intel x86 CPU (the 17 linears of a tiny-llama decode step on a Zen 3 EPYC, 2 threads:
-    2.3 ms on oneDNN, 3.1 ms on MKL's packed sgemm; `bench/decode_cpu.py --linears --threads 2`)."""
+    2.3 ms on oneDNN, 3.1 ms on MKL's packed sgemm; `bench/decode_cpu.py --linears --threads 2`), unless the
+    compiled AVX2 kernel takes them (`rollout.lean.linear_kind`: such a CPU without AVX-512, the env unset)."""
     v = os.environ.get(ENV, "").strip().lower()
     if v in ("1", "true", "yes", "on"):
         return onednn_available()

@@ -33,6 +33,8 @@ log-probs against a fresh forward.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -93,6 +95,10 @@ class _Linear:
     - "onednn" (other x86, e.g. AMD, where MKL takes its AVX2 path): concatenated and reordered ONCE into
       oneDNN's blocked layout; a decode step's [16, hidden] matmuls ran ~2x faster than `F.linear`, which
       repacks the weight on every call; a prefill's rows are bucketed (`fast_linear.bucketed_linear`).
+    - "avx2" (non-Intel x86 without AVX-512, `avx2_pays`): the compiled kernel `posttrain_lean::linear`
+      (`csrc/lean_step.cpp`, built by `native`), the weights concatenated and packed ONCE in panels of 16 output
+      columns (`pack_panels`); any row count, a prefill's in passes of 64 rows. The compiled step calls the same
+      kernel, so the Python and the compiled step still agree bit for bit.
     - None (GPU, other dtypes): the modules' own weights as they are, no copy.
 
     The same float32 arithmetic in every kind (ulp-level differences in summation order); the packed copy
@@ -113,9 +119,14 @@ class _Linear:
         if kind == "onednn":
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
             self.weight = None
+        elif kind == "avx2":
+            self.packed, self.width = pack_panels(self.weight), self.weight.shape[0]
+            self.weight, self.rows = None, self.width   # `rows`: what the compiled step reads per linear
+            if self.bias is not None:   # the kernel reads whole panels: zero-padded like the weight
+                self.bias = torch.cat((self.bias, self.bias.new_zeros(self.packed.shape[0] * PANEL - self.width)))
         # the op's one overload's C++ callable, bound once: the packet and the overload are Python wrappers that
         # resolve and forward on every call (~1-2 us each, 17 calls a step)
-        op = torch.ops.mkl._mkl_linear.default if kind == "mkl" else None
+        op = torch.ops.mkl._mkl_linear.default if kind == "mkl" else _avx2_op() if kind == "avx2" else None
         self.op = getattr(op, "_op", op)
 
     def fit(self, m: int) -> None:
@@ -126,6 +137,8 @@ class _Linear:
             self.pad = self.weight.new_zeros((m, self.weight.shape[1]))
 
     def __call__(self, x: Tensor) -> Tensor:
+        if self.kind == "avx2":
+            return self.op(x, self.packed, self.bias, self.width)
         if self.kind == "mkl":
             m = x.shape[0]
             if m != self.rows:
@@ -148,21 +161,62 @@ class _Linear:
         return F.linear(x, self.weight, self.bias) if self.kind == "mkl" else self(x)
 
 
-KINDS = ("mkl", "onednn")
+KINDS = ("mkl", "onednn", "avx2")
 ONEDNN_AS_IS = 64   # "onednn": row counts up to this are multiplied as they come; more are bucketed (a prefill)
+PANEL = 16          # "avx2": output columns per packed panel (`pack_panels`; the kernel's register block)
 
 
 def linear_kind(weight: Tensor) -> str | None:
-    """Which `_Linear` kind decodes with `weight`: None unless float32 on a CPU; then "onednn" where
-    `fast_linear.onednn_pays(decode=True)` (non-Intel x86, or `POSTTRAIN_ONEDNN_LINEAR=1`), else "mkl" where torch
-    has MKL's packed sgemm (Intel), else "onednn" where oneDNN is there, else None."""
+    """Which `_Linear` kind decodes with `weight`: None unless float32 on a CPU; then "avx2" where `avx2_pays`;
+    else "onednn" where `fast_linear.onednn_pays(decode=True)` (non-Intel x86, or `POSTTRAIN_ONEDNN_LINEAR=1`),
+    else "mkl" where torch has MKL's packed sgemm (Intel), else "onednn" where oneDNN is there, else None."""
     from posttrain.core.fast_linear import onednn_pays
 
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+    if weight.device.type != "cpu" or weight.dtype != torch.float32:
+        return None
+    if avx2_pays():
+        return "avx2"
+    if not torch.backends.mkldnn.is_available():
         return None
     if not onednn_pays(decode=True) and mkl_packed_available():
         return "mkl"
     return "onednn" if hasattr(torch.ops.mkldnn, "_reorder_linear_weight") else None
+
+
+def avx2_pays() -> bool:
+    """The compiled AVX2 kernel ("avx2") decodes on a non-Intel x86 CPU with AVX2 and FMA but no AVX-512 (AMD
+    Zen 2/3), where it ran the 17 linears of a tiny-llama decode step (16 rows, 2 threads, Zen 3 EPYC) in 1.4 ms
+    against oneDNN's 2.5 (bench/README.md, "Decode linears on AVX2"); when `POSTTRAIN_ONEDNN_LINEAR` is unset
+    (set, it names the library) and the compiled step loads (`rollout.native`; not with `POSTTRAIN_NATIVE=0`).
+    Not measured on Intel (MKL's packed sgemm) nor with AVX-512 (oneDNN), which keep their kinds."""
+    from posttrain.core import fast_linear as fl
+
+    if os.environ.get(fl.ENV, "").strip() or fl.cpu_vendor() in ("", "GenuineIntel") or fl.cpu_has_avx512():
+        return False
+    if not fl.cpu_has_avx2_fma():
+        return False
+    from posttrain.rollout import native
+
+    return native.available()
+
+
+def _avx2_op():
+    """`torch.ops.posttrain_lean.linear`'s one overload, the compiled library loaded first."""
+    from posttrain.rollout import native
+
+    if native.load() is None:
+        raise RuntimeError('LeanLlama: kind "avx2" needs the compiled step (rollout.native), which did not load')
+    return torch.ops.posttrain_lean.linear.default
+
+
+def pack_panels(weight: Tensor) -> Tensor:
+    """`weight` [N, K] as the "avx2" kernel reads it: [ceil(N / 16), K, 16], panel p holding output columns
+    16 p .. 16 p + 15 (rows of `weight`) side by side for each k, zero past N."""
+    n, k = weight.shape
+    count = -(-n // PANEL)
+    if count * PANEL != n:
+        weight = torch.cat((weight, weight.new_zeros(count * PANEL - n, k)))
+    return weight.view(count, PANEL, k).transpose(1, 2).contiguous()
 
 
 def mkl_packed_available() -> bool:

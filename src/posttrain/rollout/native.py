@@ -28,7 +28,9 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "lean_step.cpp"
-FLAGS = ("-O2", "-ffp-contract=off", "-std=c++20", "-fPIC", "-shared", "-w")
+# -fopenmp: the "avx2" kernel splits its panels between torch's threads (`at::parallel_for`, OpenMP in torch's
+# CPU builds; the library links the libgomp torch ships, found first on the rpath)
+FLAGS = ("-O2", "-ffp-contract=off", "-std=c++20", "-fPIC", "-shared", "-w", "-fopenmp")
 _STATE: dict = {}   # "op": the loaded op, or "error": why there is none (tried once per process)
 
 
@@ -123,7 +125,7 @@ def compiler_found() -> bool:
 
 
 class NativeStep:
-    """`LeanLlama.step` through the compiled op for one `LeanLlama` (kind "mkl" or "onednn", passed in each call:
+    """`LeanLlama.step` through the compiled op for one `LeanLlama` (kind "mkl", "onednn" or "avx2", passed in each call:
     held here it would make a reference cycle, which keeps every call's weight copies until a full garbage
     collection): its weights as the op's flat argument lists, rebuilt when the decode batch's row count changes
     (an "mkl" linear packs again for the new count: `_Linear.fit`). "onednn" calls oneDNN as is only up to 64 rows
@@ -137,7 +139,7 @@ class NativeStep:
     def supports(self, rows: int) -> bool:
         from posttrain.rollout.lean import ONEDNN_AS_IS
 
-        return self.kind == "mkl" or rows <= ONEDNN_AS_IS
+        return self.kind != "onednn" or rows <= ONEDNN_AS_IS
 
     @staticmethod
     def _linear(lin, rows: int) -> tuple[list, int]:
@@ -145,7 +147,8 @@ class NativeStep:
         return [lin.packed, lin.weight, lin.bias, getattr(lin, "pad", None)], lin.rows
 
     def _bind(self, lean, rows: int) -> None:
-        params, meta = [lean.embed, lean.norm], [lean.heads, lean.kv, lean.dim, 0 if lean.kind == "mkl" else 1]
+        kind = ("mkl", "onednn", "avx2").index(lean.kind)   # the C++ side's number for it
+        params, meta = [lean.embed, lean.norm], [lean.heads, lean.kv, lean.dim, kind]
         for L in lean.layers:
             params += [L["ln1"], L["ln2"]]
             meta.append(L["inter"])

@@ -1,20 +1,29 @@
 // posttrain_lean::step: `rollout/lean.py` LeanLlama.step, the same ATen calls in the same order (so the same values
 // bit for bit), with no Python between them. Built and loaded by `rollout/native.py`; float32 on a CPU, the
-// `_Linear` kinds "mkl" (MKL's packed sgemm) and "onednn" (oneDNN's prepacked weight). Argument layout:
+// `_Linear` kinds "mkl" (MKL's packed sgemm), "onednn" (oneDNN's prepacked weight) and "avx2" (`panel_linear`
+// below, also the op `linear` that the Python step calls, so that both run the same products). Argument layout:
 //   cache:  per layer (keys and values [B, 2 KV, len, D], its keys view, its values view)
 //   params: embed, final norm weight, then per layer ln1?, ln2? (None: folded into the next linear), then the
 //           layer's 4 linears (qkv, o, gate/up, down), each (packed, weight?, bias?, pad?)
-//   meta:   heads, KV heads, head dim, linear kind (0 mkl, 1 onednn), then per layer the MLP width and the 4
-//           linears' packed row counts (mkl)
+//   meta:   heads, KV heads, head dim, linear kind (0 mkl, 1 onednn, 2 avx2), then per layer the MLP width and
+//           per linear its packed row count (mkl) or its output width (avx2)
 // `advance` is `step`, then the output head (params and meta end with the head's linear and its row count), then
 // `hf.sample_next` for greedy (temperature 0) or unfiltered sampling with the rows' uniforms `u` [B, 1]: the next
 // tokens and their log-probs.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstring>
 #include <optional>
 #include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define POSTTRAIN_AVX2 1
+#endif
 
 namespace {
 
@@ -36,16 +45,118 @@ Tensor onednn_linear(const Tensor& x, const Tensor& packed, const OptTensor& bia
   return op.call(x, packed, bias, "none", c10::List<std::optional<c10::Scalar>>(), "");
 }
 
+
+// y = x W^T + b for x [M, K] float32 (rows contiguous) and W prepacked in panels of 16 output columns, `panels`
+// [ceil(N / 16), K, 16] (panel p, row k holds W[16 p .. 16 p + 15, k]; zero past N; `lean.pack_panels`), `bias`
+// (None, or zero-padded to the panels' 16 ceil(N / 16)): the weights stream once per 64 rows, in the order the
+// kernel reads them. The kernel is the usual register-blocked one: 6 rows x 16 columns of accumulators (12 AVX
+// registers), per k two loads of the panel, one broadcast per row and two fused multiply-adds per row: each output
+// one chain of fused multiply-adds in k order, then + b (the bench's generate gave oneDNN's log-probs bit for bit;
+// MKL's blocking sums in another order, ~1e-7 apart). The panels are split
+// between the threads (`at::parallel_for`). A decode step's 16 rows x 17 linears of the bench's tiny-llama on 2
+// threads of a Zen 3 EPYC: 1.4 ms here, 2.5 ms on oneDNN (bench/README.md, "Decode linears on AVX2").
+constexpr int64_t PANEL = 16, ROW_BLOCK = 6, ROWS_PER_PASS = 64;
+
+#ifdef POSTTRAIN_AVX2
+template <int R>
+__attribute__((target("avx2,fma"))) inline void panel_rows(const float* x, int64_t k, const float* p,
+                                                            const float* bias, float* y, int64_t ly) {
+  __m256 lo[R], hi[R];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) lo[i] = hi[i] = _mm256_setzero_ps();
+  for (int64_t t = 0; t < k; ++t) {
+    const __m256 w0 = _mm256_loadu_ps(p + t * PANEL), w1 = _mm256_loadu_ps(p + t * PANEL + 8);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      const __m256 a = _mm256_broadcast_ss(x + i * k + t);
+      lo[i] = _mm256_fmadd_ps(a, w0, lo[i]);
+      hi[i] = _mm256_fmadd_ps(a, w1, hi[i]);
+    }
+  }
+  if (bias) {   // added to the finished sum, as F.linear does
+    const __m256 b0 = _mm256_loadu_ps(bias), b1 = _mm256_loadu_ps(bias + 8);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      lo[i] = _mm256_add_ps(lo[i], b0);
+      hi[i] = _mm256_add_ps(hi[i], b1);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    _mm256_storeu_ps(y + i * ly, lo[i]);
+    _mm256_storeu_ps(y + i * ly + 8, hi[i]);
+  }
+}
+
+// rows [0, m) of x times one panel into columns [0, width) of y (row stride n); width < 16 (the last panel of an
+// N that is not a multiple of 16) goes through a scratch block
+__attribute__((target("avx2,fma"))) void panel(const float* x, int64_t m, int64_t k, const float* p,
+                                               const float* bias, float* y, int64_t n, int64_t width) {
+  float scratch[ROW_BLOCK * PANEL];
+  for (int64_t i = 0; i < m; i += ROW_BLOCK) {
+    const int64_t r = std::min(ROW_BLOCK, m - i);
+    float* out = width == PANEL ? y + i * n : scratch;
+    const int64_t ly = width == PANEL ? n : PANEL;
+    const float* xi = x + i * k;
+    switch (r) {
+      case 6: panel_rows<6>(xi, k, p, bias, out, ly); break;
+      case 5: panel_rows<5>(xi, k, p, bias, out, ly); break;
+      case 4: panel_rows<4>(xi, k, p, bias, out, ly); break;
+      case 3: panel_rows<3>(xi, k, p, bias, out, ly); break;
+      case 2: panel_rows<2>(xi, k, p, bias, out, ly); break;
+      default: panel_rows<1>(xi, k, p, bias, out, ly); break;
+    }
+    if (width != PANEL)
+      for (int64_t j = 0; j < r; ++j) std::memcpy(y + (i + j) * n, scratch + j * PANEL, width * sizeof(float));
+  }
+}
+
+bool avx2_here() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+#else
+bool avx2_here() { return false; }
+#endif
+
+Tensor panel_linear(const Tensor& x, const Tensor& panels, const OptTensor& bias, int64_t n) {
+  TORCH_CHECK(avx2_here(), "posttrain_lean::linear needs an x86 CPU with AVX2 and FMA");
+  TORCH_CHECK(x.dim() == 2 && panels.dim() == 3 && panels.size(2) == PANEL && panels.size(1) == x.size(1)
+              && panels.size(0) * PANEL >= n && n > (panels.size(0) - 1) * PANEL && x.scalar_type() == at::kFloat
+              && panels.scalar_type() == at::kFloat && panels.is_contiguous()
+              && (!bias.has_value() || (bias->is_contiguous() && bias->numel() == panels.size(0) * PANEL)),
+              "posttrain_lean::linear takes float32 x [M, K], panels [ceil(N / 16), K, 16] and a padded bias");
+  const Tensor xc = x.contiguous();
+  const int64_t m = xc.size(0), k = xc.size(1), count = panels.size(0);
+  Tensor y = at::empty({m, n}, xc.options());
+#ifdef POSTTRAIN_AVX2
+  const float* xp = xc.data_ptr<float>();
+  const float* pp = panels.data_ptr<float>();
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  for (int64_t r0 = 0; r0 < m; r0 += ROWS_PER_PASS) {
+    const int64_t rows = std::min(ROWS_PER_PASS, m - r0);
+    at::parallel_for(0, count, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t j = lo; j < hi; ++j)
+        panel(xp + r0 * k, rows, k, pp + j * k * PANEL, bp ? bp + j * PANEL : nullptr, yp + r0 * n + j * PANEL, n,
+              std::min(PANEL, n - j * PANEL));
+    });
+  }
+#endif
+  return y;
+}
+
 struct Linear {
   Tensor packed;
   OptTensor weight, bias, pad;
-  int64_t rows;
-  bool mkl;
+  int64_t rows;   // mkl: the packed row count; avx2: the output width
+  int64_t kind;   // 0 mkl, 1 onednn, 2 avx2
 
   // lean._Linear.__call__ once packed for this row count (`_Linear.fit`): rows finished are padded up to the packed
   // row count and the extra outputs dropped
   Tensor operator()(const Tensor& x) const {
-    if (!mkl) return onednn_linear(x, packed, bias);
+    if (kind == 2) return panel_linear(x, packed, bias, rows);
+    if (kind == 1) return onednn_linear(x, packed, bias);
     const int64_t m = x.size(0);
     if (m == rows) return mkl_linear(x, packed, *weight, bias, m);
     pad->slice(0, 0, m).copy_(x);
@@ -99,7 +210,7 @@ Tensor hidden(const std::vector<OptTensor>& p, const Tensor& tokens, const Tenso
               at::TensorList cache, int64_t slot, const OptTensor& mask, at::IntArrayRef meta,
               at::ArrayRef<double> scales, const Tensor& eps, const Tensor& width) {
   const int64_t b = tokens.size(0), h = meta[0], kv = meta[1], d = meta[2];
-  const bool mkl = meta[3] == 0;
+  const int64_t kind = meta[3];
   const int64_t layers = static_cast<int64_t>(cache.size()) / 3;
   Tensor x = p[0]->index_select(0, tokens);                                    // [B, hidden]
   size_t i = 2, j = 4;
@@ -113,7 +224,7 @@ Tensor hidden(const std::vector<OptTensor>& p, const Tensor& tokens, const Tenso
     const int64_t inter = meta[j++];
     Linear lin[4];
     for (auto& l : lin) {
-      l = Linear{*p[i], p[i + 1], p[i + 2], p[i + 3], meta[j++], mkl};
+      l = Linear{*p[i], p[i + 1], p[i + 2], p[i + 3], meta[j++], kind};
       i += 4;
     }
     Tensor qkv = lin[0](rms(x, ln1, eps, width)).view({b, h + 2 * kv, 1, d});
@@ -167,7 +278,7 @@ std::tuple<Tensor, Tensor> advance(const Tensor& tokens, const Tensor& pos, cons
   const size_t n = p.size();
   Tensor x = hidden(p, tokens, cos_table.index_select(0, pos), sin_table.index_select(0, pos), cache, slot, mask,
                     meta, scales, eps, width);
-  Linear head{*p[n - 4], p[n - 3], p[n - 2], p[n - 1], meta[meta.size() - 1], meta[3] == 0};
+  Linear head{*p[n - 4], p[n - 3], p[n - 2], p[n - 1], meta[meta.size() - 1], meta[3]};
   return sample(head(x), u, temperature);
 }
 
@@ -182,4 +293,5 @@ TORCH_LIBRARY(posttrain_lean, m) {
         "Tensor?[] params, int[] meta, float[] scales, Tensor eps, Tensor width, Tensor? u, float temperature) "
         "-> (Tensor, Tensor)",
         TORCH_FN(advance));
+  m.def("linear(Tensor x, Tensor panels, Tensor? bias, int n) -> Tensor", TORCH_FN(panel_linear));
 }
