@@ -3,7 +3,7 @@ prompts of grpo.jsonl x 8 samples, at most 128 new tokens, T=1, top_p 1, top_k 0
 process CPU time (which leaves out the time the hypervisor steals), after one warm-up call. Prints one line:
 median and min CPU seconds per generate, every repeat, the completion tokens and the sum of their log-probs (the
 same work when equal). `--linears` instead times the 17 matmuls of one decode step (16 rows) on each prepacked
-kind of `rollout/lean.py` (`_Linear`: "mkl", "onednn") and `F.linear`, weights streamed as in a step; with
+kind of `rollout/lean.py` (`_Linear`: "mkl", "onednn", "avx2") and `F.linear`, weights streamed as in a step; with
 `--flush-mb N` an N MB buffer is summed between steps (its time left out), as a decode step's attention streams
 its KV cache between two steps' weights: whether the matmuls wait on memory. `--parts` splits the WALL time of
 each generate into the decode's linears (`_Linear`), its attention (SDPA) and the rest (norms, rotary, cache
@@ -98,6 +98,8 @@ def generate_parts(fixture: str, repeats: int, model_name: str = "tiny-llama") -
 
 
 def linears_cpu(rows: int = 16, reps: int = 200, flush_mb: int = 0) -> str:
+    from posttrain.core.fast_linear import cpu_has_avx2_fma
+    from posttrain.rollout import native
     from posttrain.rollout.lean import _Linear, mkl_packed_available
 
     shapes = [(256, 768), (256, 256), (256, 1376), (688, 256)] * 4 + [(256, 2048)]   # tiny-llama's step
@@ -108,6 +110,8 @@ def linears_cpu(rows: int = 16, reps: int = 200, flush_mb: int = 0) -> str:
         runs["onednn"] = [_Linear([m], "onednn") for m in mods]
     if mkl_packed_available():
         runs["mkl"] = [_Linear([m], "mkl") for m in mods]
+    if cpu_has_avx2_fma() and native.available():
+        runs["avx2"] = [_Linear([m], "avx2") for m in mods]
     best = {k: float("inf") for k in runs}
     clock = time.perf_counter if flush_mb or torch.get_num_threads() > 1 else time.process_time
     flush = torch.ones(flush_mb * 262144) if flush_mb else None

@@ -7,7 +7,8 @@ tables computed once per call by the model's own `rotary_emb` (so its rope scali
 static KV cache (`[B, 2 x KV heads, prompt + budget, D]` per layer, keys then values, written in place) and a
 padding mask built once per chunk and sliced, never rebuilt (none for a chunk without padding). On a CPU in float32, q/k/v are ONE matmul and gate/up one, their
 weights concatenated and prepacked once per `generate` call (so an optimizer step in between is seen): for
-MKL's packed sgemm on Intel, oneDNN's blocked layout elsewhere (`_Linear`). Measured on the bench's tiny-llama (16 rows, 1 thread, CPU time): 6.5 -> 4.5 ms per decode token
+MKL's packed sgemm on Intel, for the compiled AVX2 kernel on other x86 CPUs without AVX-512 (AMD Zen 2/3), for
+oneDNN's blocked layout elsewhere (`_Linear`, `linear_kind`). Measured on the bench's tiny-llama (16 rows, 1 thread, CPU time): 6.5 -> 4.5 ms per decode token
 step in `generate`; what is left is the matmuls (~1.2 ms) and attention over the cache (~1.5 ms,
 bandwidth-bound: every variant tried, SDPA with and without mask, matmul/softmax, einsum, took the same).
 torch.compile of this step (inductor, dynamic shapes) works here but took 65 s to compile for a ~4%

@@ -4,7 +4,9 @@ order, so the same values bit for bit (tests), with no Python between them; `adv
 products and the cache write are one hand-written pass (the same products and sums, each rounded: no fused
 multiply-add). At the bench's sizes (16 rows, 256 wide) a torch call from Python costs ~10 us in a decode step,
 about what its arithmetic does; from C++ a few us. A bench generate runs ~1.15-1.19x faster than with the Python
-step (bench/README.md, "The decode step in C++").
+step (bench/README.md, "The decode step in C++"). The library also holds the "avx2" linear kind's kernel
+(`posttrain_lean::linear`: register-blocked fused multiply-adds over weights packed in panels of 16 columns,
+compiled for AVX2 + FMA and checked at run time), which the Python step calls too (`lean._Linear`).
 
 Built on first use with the machine's C++ compiler (`$CXX`, else `c++`) against the running torch's headers and
 libraries (`torch.utils.cpp_extension.include_paths` / `library_paths`), ~20 s on 2 cores, once per machine: the
@@ -13,7 +15,10 @@ source, the torch build, the compiler's version and the flags, so that any of th
 build writes a temporary file and renames it into place, so a build killed halfway or two processes building at
 once never leave a broken library behind (torch's own `cpp_extension.load` needs ninja and waits forever on the
 lock file of a build that was killed). When there is no compiler or the build fails, one line says why and the
-decode runs `LeanLlama.step` in Python: the same values, ~10% slower. `POSTTRAIN_NATIVE=0` turns it off.
+decode runs `LeanLlama.step` in Python: the same values, ~10% slower; its linears are then oneDNN's where the
+"avx2" kernel would have run (on the bench's Zen 3 the same bits; a different summation order would be ~1e-7
+apart). `POSTTRAIN_NATIVE=0` turns it off. A compiler without OpenMP
+(`-fopenmp`) fails the build the same way.
 """
 from __future__ import annotations
 
