@@ -3,7 +3,7 @@ prompts of grpo.jsonl x 8 samples, at most 128 new tokens, T=1, top_p 1, top_k 0
 process CPU time (which leaves out the time the hypervisor steals), after one warm-up call. Prints one line:
 median and min CPU seconds per generate, every repeat, the completion tokens and the sum of their log-probs (the
 same work when equal). `--linears` instead times the 17 matmuls of one decode step (16 rows) on each prepacked
-kind of `rollout/lean.py` (`_Linear`: "mkl", "onednn", "avx2") and `F.linear`, weights streamed as in a step; with
+kind of `rollout/lean_linear.py` (`_Linear`: "mkl", "onednn", "avx2") and `F.linear`, weights streamed as in a step; with
 `--flush-mb N` an N MB buffer is summed between steps (its time left out), as a decode step's attention streams
 its KV cache between two steps' weights: whether the matmuls wait on memory. `--parts` splits the WALL time of
 each generate into the decode's linears (`_Linear`), its attention (SDPA) and the rest (norms, rotary, cache
@@ -66,7 +66,7 @@ def generate_cpu(fixture: str, repeats: int, model_name: str = "tiny-llama") -> 
 
 def generate_parts(fixture: str, repeats: int, model_name: str = "tiny-llama") -> str:
     """Wall ms per generate: total, in `_Linear` calls (decode and prefill), in SDPA, and the rest."""
-    from posttrain.rollout import lean
+    from posttrain.rollout import lean, lean_linear
 
     generate, spent = _bench_generate(fixture, model_name), {"linears": 0.0, "attention": 0.0}
 
@@ -79,8 +79,9 @@ def generate_parts(fixture: str, repeats: int, model_name: str = "tiny-llama") -
         return run
 
     generate()
-    call, prefill, sdpa = lean._Linear.__call__, lean._Linear.prefill, lean.F.scaled_dot_product_attention
-    lean._Linear.__call__, lean._Linear.prefill = timed(call, "linears"), timed(prefill, "linears")
+    lin = lean_linear._Linear
+    call, prefill, sdpa = lin.__call__, lin.prefill, lean.F.scaled_dot_product_attention
+    lin.__call__, lin.prefill = timed(call, "linears"), timed(prefill, "linears")
     lean.F.scaled_dot_product_attention = timed(sdpa, "attention")
     rows = []
     try:
@@ -91,7 +92,7 @@ def generate_parts(fixture: str, repeats: int, model_name: str = "tiny-llama") -
             total = time.perf_counter() - t
             rows.append((total, spent["linears"], spent["attention"], total - spent["linears"] - spent["attention"]))
     finally:
-        lean._Linear.__call__, lean._Linear.prefill, lean.F.scaled_dot_product_attention = call, prefill, sdpa
+        lin.__call__, lin.prefill, lean.F.scaled_dot_product_attention = call, prefill, sdpa
     med = [statistics.median(r[i] for r in rows) * 1e3 for i in range(4)]
     return ("generate wall ms (median of {}): total {:.0f}, linears {:.0f}, attention {:.0f}, rest {:.0f}"
             .format(repeats, *med))
@@ -100,7 +101,7 @@ def generate_parts(fixture: str, repeats: int, model_name: str = "tiny-llama") -
 def linears_cpu(rows: int = 16, reps: int = 200, flush_mb: int = 0) -> str:
     from posttrain.core.fast_linear import cpu_has_avx2_fma
     from posttrain.rollout import native
-    from posttrain.rollout.lean import _Linear, mkl_packed_available
+    from posttrain.rollout.lean_linear import _Linear, mkl_packed_available
 
     shapes = [(256, 768), (256, 256), (256, 1376), (688, 256)] * 4 + [(256, 2048)]   # tiny-llama's step
     mods = [torch.nn.Linear(k, n, bias=False) for k, n in shapes]

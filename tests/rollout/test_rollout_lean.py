@@ -48,13 +48,13 @@ def test_the_tiny_llama_takes_the_lean_path(tiny):
     assert not HFBackend(model, tok, lean=False).lean and not HFBackend(model, tok, use_cache=False).lean
 
 
-KINDS = ["mkl", "onednn", "avx2", None]   # every way `_Linear` runs its matmuls (lean.linear_kind picks one)
+KINDS = ["mkl", "onednn", "avx2", None]   # every way `_Linear` runs its matmuls (lean_linear.linear_kind picks one)
 
 
 def skip_unavailable(kind):
     from posttrain.core.fast_linear import cpu_has_avx2_fma
     from posttrain.rollout import native
-    from posttrain.rollout.lean import mkl_packed_available
+    from posttrain.rollout.lean_linear import mkl_packed_available
 
     if kind == "mkl" and not mkl_packed_available():
         pytest.skip("torch without MKL's packed sgemm")
@@ -162,7 +162,8 @@ def test_decode_step_equals_forward_bit_for_bit(tiny, kind, native, monkeypatch)
     (A prefill's "mkl" products run unpacked, equal to ~1e-7, not bit for bit: here both sides pack.)"""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    from posttrain.rollout.lean import LeanLlama, _Linear, _rotate, prefill_mask, with_views
+    from posttrain.rollout.lean import LeanLlama, _rotate, prefill_mask, with_views
+    from posttrain.rollout.lean_linear import _Linear
 
     skip_unavailable(kind)
     monkeypatch.setattr(_Linear, "prefill", _Linear.__call__)
@@ -203,7 +204,7 @@ def test_a_folded_norm_weight_equals_the_norm_then_the_linear(kind):
     """`_Linear(parts, kind, norm=w)` (an RMSNorm's weight folded into q/k/v's concatenated copy) computes
     F.linear(x * w) of each part to float rounding, leaves the modules' weights as they were, and says so
     (`folded`); kind None (the modules' own weights) never folds."""
-    from posttrain.rollout.lean import _Linear
+    from posttrain.rollout.lean_linear import _Linear
 
     skip_unavailable(kind)
     torch.manual_seed(0)
@@ -225,7 +226,7 @@ def test_linear_kinds_equal_f_linear_as_rows_finish(kind):
     """`_Linear` of q/k/v-like parts (one with a bias) equals `F.linear` of each part, concatenated, at every
     row count a decode chunk passes through: 16 rows, rows finishing one by one ("mkl": padded up to the packed
     16, then packed again at 8, 4, 2, 1), a new chunk of 16 again, and a prefill."""
-    from posttrain.rollout.lean import _Linear
+    from posttrain.rollout.lean_linear import _Linear
 
     skip_unavailable(kind)
     torch.manual_seed(0)

@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from posttrain.core.fast_linear import cpu_has_avx2_fma
 from posttrain.rollout import SamplingParams, native
 from posttrain.rollout.hf import HFBackend
-from posttrain.rollout.lean import LeanLlama, mkl_packed_available, prefill_mask, with_views
+from posttrain.rollout.lean import LeanLlama, prefill_mask, with_views
+from posttrain.rollout.lean_linear import mkl_packed_available
 
 pytestmark = pytest.mark.skipif(not native.compiler_found() or not native.enabled(),
                                 reason="no C++ compiler ($CXX or c++), or POSTTRAIN_NATIVE=0")

@@ -91,7 +91,7 @@ def onednn_pays(decode: bool = False) -> bool:
     prepacked once and multiplied by a few rows (`rollout/lean.py`), where no operand is transposed, oneDNN is
     the one on any non-Intel x86 CPU (the 17 linears of a tiny-llama decode step on a Zen 3 EPYC, 2 threads:
     2.3 ms on oneDNN, 3.1 ms on MKL's packed sgemm; `bench/decode_cpu.py --linears --threads 2`), unless the
-    compiled AVX2 kernel takes them (`rollout.lean.linear_kind`: such a CPU without AVX-512, the env unset)."""
+    compiled AVX2 kernel takes them (`rollout.lean_linear.linear_kind`: such a CPU without AVX-512, the env unset)."""
     v = os.environ.get(ENV, "").strip().lower()
     if v in ("1", "true", "yes", "on"):
         return onednn_available()
@@ -163,7 +163,7 @@ def _fill(out: Tensor, t: Tensor) -> Tensor:
 
 def bucketed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """`x [..., K] @ weight^T + bias` on oneDNN with `bucket(M)` rows (M = rows of x); `weight` [N, K] as it is or
-    prepacked by `torch.ops.mkldnn._reorder_linear_weight` (rollout/lean.py). No autograd (`_Linear` has it)."""
+    prepacked by `torch.ops.mkldnn._reorder_linear_weight` (rollout/lean_linear.py). No autograd (`_Linear` has it)."""
     k = x.shape[-1]
     m = x.numel() // max(k, 1)
     rows = bucket(m)

@@ -6,7 +6,7 @@ multiply-add). At the bench's sizes (16 rows, 256 wide) a torch call from Python
 about what its arithmetic does; from C++ a few us. A bench generate runs ~1.15-1.19x faster than with the Python
 step (bench/README.md, "The decode step in C++"). The library also holds the "avx2" linear kind's kernel
 (`posttrain_lean::linear`: register-blocked fused multiply-adds over weights packed in panels of 16 columns,
-compiled for AVX2 + FMA and checked at run time), which the Python step calls too (`lean._Linear`).
+compiled for AVX2 + FMA and checked at run time), which the Python step calls too (`lean_linear._Linear`).
 
 Built on first use with the machine's C++ compiler (`$CXX`, else `c++`) against the running torch's headers and
 libraries (`torch.utils.cpp_extension.include_paths` / `library_paths`), ~20 s on 2 cores, once per machine: the
@@ -130,8 +130,8 @@ def compiler_found() -> bool:
 
 
 class NativeStep:
-    """`LeanLlama.step` through the compiled op for one `LeanLlama` (kind "mkl", "onednn" or "avx2", passed in each call:
-    held here it would make a reference cycle, which keeps every call's weight copies until a full garbage
+    """`LeanLlama.step` through the compiled op for one `LeanLlama` (kind "mkl", "onednn" or "avx2", passed in each
+    call: held here it would make a reference cycle, which keeps every call's weight copies until a full garbage
     collection): its weights as the op's flat argument lists, rebuilt when the decode batch's row count changes
     (an "mkl" linear packs again for the new count: `_Linear.fit`). "onednn" calls oneDNN as is only up to 64 rows
     (`_Linear.__call__`): beyond, `supports` is False and the Python step runs."""
@@ -142,7 +142,7 @@ class NativeStep:
         self.scales = [float(L["scale"]) for L in lean.layers]
 
     def supports(self, rows: int) -> bool:
-        from posttrain.rollout.lean import ONEDNN_AS_IS
+        from posttrain.rollout.lean_linear import ONEDNN_AS_IS
 
         return self.kind != "onednn" or rows <= ONEDNN_AS_IS
 
