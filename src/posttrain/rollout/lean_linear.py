@@ -122,18 +122,17 @@ def linear_kind(weight: Tensor) -> str | None:
 def avx2_pays() -> bool:
     """The compiled AVX2 kernel ("avx2") decodes on a non-Intel x86 CPU with AVX2 and FMA but no AVX-512 (AMD
     Zen 2/3), where it ran the 17 linears of a tiny-llama decode step (16 rows, 2 threads, Zen 3 EPYC) in 1.4 ms
-    against oneDNN's 2.5 (bench/README.md, "Decode linears on AVX2"); when `POSTTRAIN_ONEDNN_LINEAR` is unset
+    against oneDNN's 2.2 (`bench/decode_cpu.py --linears --threads 2`; bench/README.md, "The decode's linears on an
+    AVX2 kernel"); when `POSTTRAIN_ONEDNN_LINEAR` is unset
     (set, it names the library) and the compiled step loads (`rollout.native`; not with `POSTTRAIN_NATIVE=0`).
     Not measured on Intel (MKL's packed sgemm) nor with AVX-512 (oneDNN), which keep their kinds."""
     from posttrain.core import fast_linear as fl
 
     if os.environ.get(fl.ENV, "").strip() or fl.cpu_vendor() in ("", "GenuineIntel") or fl.cpu_has_avx512():
         return False
-    if not fl.cpu_has_avx2_fma():
-        return False
     from posttrain.rollout import native
 
-    return native.available()
+    return fl.cpu_has_avx2_fma() and native.available()
 
 
 def _avx2_op():

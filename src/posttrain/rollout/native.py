@@ -17,8 +17,7 @@ once never leave a broken library behind (torch's own `cpp_extension.load` needs
 lock file of a build that was killed). When there is no compiler or the build fails, one line says why and the
 decode runs `LeanLlama.step` in Python: the same values, ~10% slower; its linears are then oneDNN's where the
 "avx2" kernel would have run (on the bench's Zen 3 the same bits; a different summation order would be ~1e-7
-apart). `POSTTRAIN_NATIVE=0` turns it off. A compiler without OpenMP
-(`-fopenmp`) fails the build the same way.
+apart). `POSTTRAIN_NATIVE=0` turns it off. A compiler without OpenMP (`-fopenmp`) fails the build the same way.
 """
 from __future__ import annotations
 
@@ -152,7 +151,9 @@ class NativeStep:
         return [lin.packed, lin.weight, lin.bias, getattr(lin, "pad", None)], lin.rows
 
     def _bind(self, lean, rows: int) -> None:
-        kind = ("mkl", "onednn", "avx2").index(lean.kind)   # the C++ side's number for it
+        from posttrain.rollout.lean_linear import KINDS
+
+        kind = KINDS.index(lean.kind)   # the C++ side's number for it: 0 mkl, 1 onednn, 2 avx2
         params, meta = [lean.embed, lean.norm], [lean.heads, lean.kv, lean.dim, kind]
         for L in lean.layers:
             params += [L["ln1"], L["ln2"]]

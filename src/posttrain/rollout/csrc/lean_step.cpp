@@ -45,16 +45,15 @@ Tensor onednn_linear(const Tensor& x, const Tensor& packed, const OptTensor& bia
   return op.call(x, packed, bias, "none", c10::List<std::optional<c10::Scalar>>(), "");
 }
 
-
 // y = x W^T + b for x [M, K] float32 (rows contiguous) and W prepacked in panels of 16 output columns, `panels`
-// [ceil(N / 16), K, 16] (panel p, row k holds W[16 p .. 16 p + 15, k]; zero past N; `lean.pack_panels`), `bias`
+// [ceil(N / 16), K, 16] (panel p, row k holds W[16 p .. 16 p + 15, k]; zero past N; `lean_linear.pack_panels`), `bias`
 // (None, or zero-padded to the panels' 16 ceil(N / 16)): the weights stream once per 64 rows, in the order the
 // kernel reads them. The kernel is the usual register-blocked one: 6 rows x 16 columns of accumulators (12 AVX
 // registers), per k two loads of the panel, one broadcast per row and two fused multiply-adds per row: each output
 // one chain of fused multiply-adds in k order, then + b (the bench's generate gave oneDNN's log-probs bit for bit;
-// MKL's blocking sums in another order, ~1e-7 apart). The panels are split
-// between the threads (`at::parallel_for`). A decode step's 16 rows x 17 linears of the bench's tiny-llama on 2
-// threads of a Zen 3 EPYC: 1.4 ms here, 2.5 ms on oneDNN (bench/README.md, "Decode linears on AVX2").
+// MKL's blocking sums in another order, ~1e-7 apart). The panels are split between the threads
+// (`at::parallel_for`). A decode step's 16 rows x 17 linears of the bench's tiny-llama on 2 threads of a Zen 3
+// EPYC: 1.4 ms here, 2.2 ms on oneDNN (bench/README.md, "The decode's linears on an AVX2 kernel").
 constexpr int64_t PANEL = 16, ROW_BLOCK = 6, ROWS_PER_PASS = 64;
 
 #ifdef POSTTRAIN_AVX2
